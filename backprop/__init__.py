@@ -1,0 +1,65 @@
+"""backprop: one autodiff core, written against the Python array API standard, on any backend.
+
+>>> import backprop as bp
+>>> bp.manual_seed(0)
+>>> x = bp.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+>>> w = bp.randn(2, 3, requires_grad=True)
+>>> (x @ w).tanh().sum().backward()
+>>> x.grad.shape
+(2, 2)
+"""
+
+from backprop.backend import (
+    Backend,
+    BackendError,
+    get_backend,
+    get_rng_state,
+    installed_backends,
+    manual_seed,
+    set_backend,
+    set_rng_state,
+    to_numpy,
+    use_backend,
+)
+from backprop.creation import ones, rand, randn, tensor, zeros
+from backprop.gradcheck import GradcheckError, gradcheck
+from backprop.ops import (
+    abs,
+    add,
+    astype,
+    broadcast_to,
+    clip,
+    concat,
+    div,
+    exp,
+    getitem,
+    leaky_relu,
+    linear,
+    log,
+    log_softmax,
+    logsumexp,
+    matmul,
+    max,
+    maximum,
+    mean,
+    minimum,
+    mul,
+    neg,
+    permute,
+    pow,
+    relu,
+    reshape,
+    sigmoid,
+    softmax,
+    sqrt,
+    stack,
+    sub,
+    sum,
+    take,
+    tanh,
+    transpose,
+    where,
+)
+from backprop.tensor import Tensor, grad, is_grad_enabled, no_grad
+
+__version__ = "0.1.0"

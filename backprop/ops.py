@@ -1,0 +1,480 @@
+"""Every differentiable op: its forward and, right beside it, its gradient.
+
+Each op takes the namespace `xp` of its inputs and uses only the array API standard. A backward
+function receives the upstream gradient `g` and returns one gradient per parent; gradients of
+broadcasting ops may come back at the broadcast shape (the engine un-broadcasts them once).
+Backward closures capture arrays only, never the output tensor.
+
+>>> import backprop as bp
+>>> x = bp.tensor([[1.0, -2.0, 3.0]], requires_grad=True)
+>>> y = bp.softmax(x, axis=-1).sum()
+>>> round(y.item(), 6)
+1.0
+"""
+
+from __future__ import annotations
+
+import operator
+from numbers import Number
+
+from array_api_compat import is_cupy_namespace, is_jax_namespace, is_numpy_namespace, is_torch_namespace
+
+from backprop.backend import backend_name
+from backprop.tensor import Tensor, result
+
+
+def _constant(value, like: Tensor) -> Tensor:
+    """A Python scalar (or raw backend array) as a constant tensor; a scalar takes `like`'s dtype."""
+    if isinstance(value, Tensor):
+        return value
+    xp = like.xp
+    if isinstance(value, Number):
+        floating = xp.isdtype(like.data.dtype, "real floating")
+        dtype = like.data.dtype if floating or isinstance(value, int) else None
+        return Tensor(xp.asarray(value, dtype=dtype, device=like.device))
+    return Tensor(value)
+
+
+def _pair(a, b):
+    """Both operands as tensors of one namespace."""
+    if not isinstance(a, Tensor):
+        a = _constant(a, b)
+    elif not isinstance(b, Tensor):
+        b = _constant(b, a)
+    if a.xp is not b.xp:
+        raise TypeError(
+            f"cannot mix arrays of two backends ({backend_name(a.xp)} and {backend_name(b.xp)}): "
+            "create both on one backend"
+        )
+    return a, b, a.xp
+
+
+def _axes(axis, ndim: int) -> tuple:
+    """`axis` (None, int or tuple) as a tuple of non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    axis = (axis,) if isinstance(axis, int) else tuple(axis)
+    return tuple(a % ndim for a in axis)
+
+
+def _keepdims_shape(shape, axes) -> tuple:
+    return tuple(1 if i in axes else n for i, n in enumerate(shape))
+
+
+def _expand(xp, g, shape, axes):
+    """A gradient of a reduction over `axes`, stretched back to the input's `shape`."""
+    return xp.broadcast_to(xp.reshape(g, _keepdims_shape(shape, axes)), shape)
+
+
+# --- arithmetic ---
+
+
+def add(a, b) -> Tensor:
+    a, b, xp = _pair(a, b)
+    return result(a.data + b.data, xp, (a, b), lambda g: (g, g))
+
+
+def sub(a, b) -> Tensor:
+    a, b, xp = _pair(a, b)
+    return result(a.data - b.data, xp, (a, b), lambda g: (g, -g))
+
+
+def mul(a, b) -> Tensor:
+    a, b, xp = _pair(a, b)
+    A, B = a.data, b.data
+    return result(A * B, xp, (a, b), lambda g: (g * B, g * A))
+
+
+def div(a, b) -> Tensor:
+    a, b, xp = _pair(a, b)
+    A, B = a.data, b.data
+    out = A / B
+    return result(out, xp, (a, b), lambda g: (g / B, -g * out / B))
+
+
+def pow(a, b) -> Tensor:
+    """`a ** b`; the exponent's gradient (`out * log(a)`) is computed only when it needs one."""
+    a, b, xp = _pair(a, b)
+    A, B = a.data, b.data
+    out = A**B
+    need_b = b.requires_grad
+
+    def backward(g):
+        ga = g * B * A ** (B - 1)
+        return ga, (g * out * xp.log(A) if need_b else None)
+
+    return result(out, xp, (a, b), backward)
+
+
+def neg(x: Tensor) -> Tensor:
+    return result(-x.data, x.xp, (x,), lambda g: (-g,))
+
+
+def matmul(a, b) -> Tensor:
+    """Matrix product with NumPy's rules: 2-D, batched (broadcast) and 1-D operands."""
+    a, b, xp = _pair(a, b)
+    A, B = a.data, b.data
+
+    def backward(g):
+        # treat a 1-D operand as a matrix with one row (a) or one column (b), then drop that axis
+        A2 = A if A.ndim > 1 else xp.expand_dims(A, axis=0)
+        B2 = B if B.ndim > 1 else xp.expand_dims(B, axis=1)
+        g2 = g if B.ndim > 1 else xp.expand_dims(g, axis=-1)
+        g2 = g2 if A.ndim > 1 else xp.expand_dims(g2, axis=-2)
+        ga, gb = g2 @ B2.mT, A2.mT @ g2
+        if A.ndim == 1:
+            ga = xp.squeeze(ga, axis=-2)
+        if B.ndim == 1:
+            gb = xp.squeeze(gb, axis=-1)
+        return ga, gb
+
+    return result(A @ B, xp, (a, b), backward)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """`x @ weight + bias` as one node (rows of `x` are samples; `weight` is in x out)."""
+    xp = x.xp
+    X, W = x.data, weight.data
+    if X.ndim != 2 or W.ndim != 2 or X.shape[1] != W.shape[0]:
+        raise ValueError(f"linear: input of shape {x.shape} does not fit a weight of shape {weight.shape}")
+    out = X @ W
+    if bias is None:
+        return result(out, xp, (x, weight), lambda g: (g @ W.mT, X.mT @ g))
+    return result(out + bias.data, xp, (x, weight, bias), lambda g: (g @ W.mT, X.mT @ g, xp.sum(g, axis=0)))
+
+
+# --- shape ---
+
+
+def permute(x: Tensor, axes) -> Tensor:
+    axes = tuple(a % x.ndim for a in axes)
+    inverse = tuple(sorted(range(len(axes)), key=axes.__getitem__))
+    xp = x.xp
+    return result(xp.permute_dims(x.data, axes), xp, (x,), lambda g: (xp.permute_dims(g, inverse),))
+
+
+def transpose(x: Tensor, axis0: int = -2, axis1: int = -1) -> Tensor:
+    axes = list(range(x.ndim))
+    axes[axis0], axes[axis1] = axes[axis1], axes[axis0]
+    return permute(x, axes)
+
+
+def reshape(x: Tensor, shape) -> Tensor:
+    xp, old = x.xp, x.shape
+    return result(xp.reshape(x.data, tuple(shape)), xp, (x,), lambda g: (xp.reshape(g, old),))
+
+
+def broadcast_to(x: Tensor, shape) -> Tensor:
+    xp = x.xp
+    return result(xp.broadcast_to(x.data, tuple(shape)), xp, (x,), lambda g: (g,))
+
+
+# --- reductions ---
+
+
+def sum(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    xp, shape = x.xp, x.shape
+    axes = _axes(axis, x.ndim)
+    out = xp.sum(x.data, axis=axes, keepdims=keepdims)
+    return result(out, xp, (x,), lambda g: (_expand(xp, g, shape, axes),))
+
+
+def mean(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    xp, shape = x.xp, x.shape
+    axes = _axes(axis, x.ndim)
+    count = 1
+    for a in axes:
+        count *= shape[a]
+    out = xp.mean(x.data, axis=axes, keepdims=keepdims)
+    return result(out, xp, (x,), lambda g: (_expand(xp, g / count, shape, axes),))
+
+
+def max(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    """Maximum; where several elements tie, the gradient is shared equally among them."""
+    xp, X = x.xp, x.data
+    axes = _axes(axis, x.ndim)
+    top = xp.max(X, axis=axes, keepdims=True)
+
+    def backward(g):
+        winners = xp.astype(X == top, X.dtype)
+        share = winners / xp.sum(winners, axis=axes, keepdims=True)
+        return (_expand(xp, g, X.shape, axes) * share,)
+
+    out = top if keepdims else xp.reshape(top, tuple(n for i, n in enumerate(X.shape) if i not in axes))
+    return result(out, xp, (x,), backward)
+
+
+def logsumexp(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    """log(sum(exp(x))), computed stably by shifting by the maximum."""
+    xp, X = x.xp, x.data
+    axes = _axes(axis, x.ndim)
+    top = xp.max(X, axis=axes, keepdims=True)
+    lse = xp.log(xp.sum(xp.exp(X - top), axis=axes, keepdims=True)) + top
+
+    def backward(g):
+        return (_expand(xp, g, X.shape, axes) * xp.exp(X - lse),)
+
+    out = lse if keepdims else xp.reshape(lse, tuple(n for i, n in enumerate(X.shape) if i not in axes))
+    return result(out, xp, (x,), backward)
+
+
+# --- elementwise functions (most save their output: that is all their gradient needs) ---
+
+
+def exp(x: Tensor) -> Tensor:
+    out = x.xp.exp(x.data)
+    return result(out, x.xp, (x,), lambda g: (g * out,))
+
+
+def log(x: Tensor) -> Tensor:
+    X = x.data
+    return result(x.xp.log(X), x.xp, (x,), lambda g: (g / X,))
+
+
+def sqrt(x: Tensor) -> Tensor:
+    out = x.xp.sqrt(x.data)
+    return result(out, x.xp, (x,), lambda g: (g / (2 * out),))
+
+
+def abs(x: Tensor) -> Tensor:
+    X, xp = x.data, x.xp
+    return result(xp.abs(X), xp, (x,), lambda g: (g * xp.sign(X),))
+
+
+def tanh(x: Tensor) -> Tensor:
+    out = x.xp.tanh(x.data)
+    return result(out, x.xp, (x,), lambda g: (g * (1 - out * out),))
+
+
+def sigmoid(x: Tensor) -> Tensor:
+    """1 / (1 + exp(-x)), without overflow for large |x|."""
+    xp, X = x.xp, x.data
+    e = xp.exp(-xp.abs(X))
+    out = xp.where(X >= 0, 1 / (1 + e), e / (1 + e))
+    return result(out, xp, (x,), lambda g: (g * out * (1 - out),))
+
+
+def relu(x: Tensor) -> Tensor:
+    xp, X = x.xp, x.data
+    positive = X > 0
+    return result(xp.where(positive, X, 0.0), xp, (x,), lambda g: (xp.where(positive, g, 0.0),))
+
+
+def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
+    xp, X = x.xp, x.data
+    positive = X > 0
+    out = xp.where(positive, X, negative_slope * X)
+    return result(out, xp, (x,), lambda g: (xp.where(positive, g, negative_slope * g),))
+
+
+def softmax(x: Tensor, axis: int = -1) -> Tensor:
+    xp, X = x.xp, x.data
+    e = xp.exp(X - xp.max(X, axis=axis, keepdims=True))
+    out = e / xp.sum(e, axis=axis, keepdims=True)
+    return result(out, xp, (x,), lambda g: (out * (g - xp.sum(g * out, axis=axis, keepdims=True)),))
+
+
+def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+    xp, X = x.xp, x.data
+    shifted = X - xp.max(X, axis=axis, keepdims=True)
+    out = shifted - xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
+    return result(out, xp, (x,), lambda g: (g - xp.exp(out) * xp.sum(g, axis=axis, keepdims=True),))
+
+
+def _winner_share(xp, wins, ties, dtype):
+    """1 where the first operand wins, 1/2 on a tie, 0 where it loses."""
+    return xp.astype(wins, dtype) + 0.5 * xp.astype(ties, dtype)
+
+
+def maximum(a, b) -> Tensor:
+    """Elementwise maximum; a tie splits the gradient half and half."""
+    a, b, xp = _pair(a, b)
+    A, B = a.data, b.data
+    share = _winner_share(xp, A > B, A == B, A.dtype)
+    return result(xp.maximum(A, B), xp, (a, b), lambda g: (g * share, g * (1 - share)))
+
+
+def minimum(a, b) -> Tensor:
+    """Elementwise minimum; a tie splits the gradient half and half."""
+    a, b, xp = _pair(a, b)
+    A, B = a.data, b.data
+    share = _winner_share(xp, A < B, A == B, A.dtype)
+    return result(xp.minimum(A, B), xp, (a, b), lambda g: (g * share, g * (1 - share)))
+
+
+def where(condition, a, b) -> Tensor:
+    """`a` where `condition` holds, else `b` (the condition gets no gradient)."""
+    a, b, xp = _pair(a, b)
+    cond = condition.data if isinstance(condition, Tensor) else condition
+    out = xp.where(cond, a.data, b.data)
+    return result(out, xp, (a, b), lambda g: (xp.where(cond, g, 0.0), xp.where(cond, 0.0, g)))
+
+
+def clip(x: Tensor, min=None, max=None) -> Tensor:
+    """Clamp to [min, max]; the gradient passes where the input lies inside (bounds included)."""
+    xp, X = x.xp, x.data
+    inside = xp.ones_like(X, dtype=xp.bool)
+    if min is not None:
+        inside = inside & (X >= min)
+    if max is not None:
+        inside = inside & (X <= max)
+    return result(xp.clip(X, min, max), xp, (x,), lambda g: (xp.where(inside, g, 0.0),))
+
+
+def astype(x: Tensor, dtype) -> Tensor:
+    """A copy in another floating dtype; the gradient comes back in the input's dtype."""
+    xp = x.xp
+    dtype = getattr(xp, dtype) if isinstance(dtype, str) else dtype
+    old = x.dtype
+    return result(xp.astype(x.data, dtype), xp, (x,), lambda g: (xp.astype(g, old),))
+
+
+# --- indexing and joining ---
+
+
+def _basic_index(key) -> tuple:
+    """`key` as a tuple that the standard accepts (it wants an Ellipsis where axes are left out)."""
+    key = key if isinstance(key, tuple) else (key,)
+    for k in key:
+        if not (k is None or k is Ellipsis or isinstance(k, (int, slice))) or isinstance(k, bool):
+            raise TypeError(
+                f"only basic indexing (integers, slices, ..., None) is supported, not {type(k).__name__}; "
+                "use bp.take(x, indices, axis) to pick with an integer array"
+            )
+    return key if Ellipsis in key else key + (Ellipsis,)
+
+
+def _into_zeros(xp, shape, dtype, device, key, values):
+    """zeros(shape) with `values` written at `key` (JAX arrays are immutable: use .at)."""
+    zeros = xp.zeros(shape, dtype=dtype, device=device)
+    if is_jax_namespace(xp):
+        return zeros.at[key].set(values)
+    zeros[key] = values
+    return zeros
+
+
+def getitem(x: Tensor, key) -> Tensor:
+    key = _basic_index(key)
+    xp, shape, dtype, device = x.xp, x.shape, x.dtype, x.device
+    out = x.data[key]
+    # the standard allows no None (new axis) when writing: write through the key without them
+    write_key = tuple(k for k in key if k is not None)
+    write_shape = tuple(x.data[write_key].shape) if len(write_key) < len(key) else None
+
+    def backward(g):
+        g = g if write_shape is None else xp.reshape(g, write_shape)
+        return (_into_zeros(xp, shape, dtype, device, write_key, g),)
+
+    return result(out, xp, (x,), backward)
+
+
+def _scatter_add(xp, grad, indices, axis: int, size: int):
+    """zeros with `size` along `axis`, and `grad`'s slices added at `indices` (repeats add up).
+
+    The standard has no scatter-add: NumPy, PyTorch, CuPy and JAX get their native one; any other
+    namespace multiplies by a one-hot matrix (memory: len(indices) x size).
+    """
+    shape = list(grad.shape)
+    shape[axis] = size
+    if is_numpy_namespace(xp):
+        import numpy as np
+
+        out = np.zeros(shape, dtype=grad.dtype)
+        np.add.at(out, (slice(None),) * axis + (indices,), grad)
+        return out
+    if is_torch_namespace(xp):
+        return xp.zeros(shape, dtype=grad.dtype, device=grad.device).index_add_(axis, indices, grad)
+    if is_cupy_namespace(xp):
+        import cupyx
+
+        out = xp.zeros(shape, dtype=grad.dtype)
+        cupyx.scatter_add(out, (slice(None),) * axis + (indices,), grad)
+        return out
+    if is_jax_namespace(xp):
+        return xp.zeros(shape, dtype=grad.dtype).at[(slice(None),) * axis + (indices,)].add(grad)
+    one_hot = xp.astype(indices[:, None] == xp.arange(size, device=grad.device)[None, :], grad.dtype)
+    moved = xp.moveaxis(grad, axis, -1) @ one_hot
+    return xp.moveaxis(moved, -1, axis)
+
+
+def take(x: Tensor, indices, axis: int = 0) -> Tensor:
+    """Pick slices along `axis` by an integer array (1-D); repeated indices add their gradients."""
+    xp = x.xp
+    idx = indices.data if isinstance(indices, Tensor) else indices
+    if not hasattr(idx, "shape"):
+        idx = xp.asarray(idx, device=x.device)
+    if idx.ndim != 1 or not xp.isdtype(idx.dtype, "integral"):
+        raise TypeError(f"take needs a 1-D integer index array, got shape {tuple(idx.shape)} and {idx.dtype}")
+    axis %= x.ndim
+    size = x.shape[axis]
+    return result(xp.take(x.data, idx, axis=axis), xp, (x,), lambda g: (_scatter_add(xp, g, idx, axis, size),))
+
+
+def concat(tensors, axis: int = 0) -> Tensor:
+    tensors = tuple(tensors)
+    xp = tensors[0].xp
+    axis %= tensors[0].ndim
+    bounds, start = [], 0
+    for t in tensors:
+        bounds.append(slice(start, start + t.shape[axis]))
+        start += t.shape[axis]
+    lead = (slice(None),) * axis
+
+    def backward(g):
+        return tuple(g[lead + (s, ...)] for s in bounds)
+
+    return result(xp.concat([t.data for t in tensors], axis=axis), xp, tensors, backward)
+
+
+def stack(tensors, axis: int = 0) -> Tensor:
+    tensors = tuple(tensors)
+    xp = tensors[0].xp
+    axis %= tensors[0].ndim + 1
+    lead = (slice(None),) * axis
+    out = xp.stack([t.data for t in tensors], axis=axis)
+    return result(out, xp, tensors, lambda g: tuple(g[lead + (i, ...)] for i in range(len(tensors))))
+
+
+# The public differentiable ops: tests/test_gradients.py fails when one has no gradient check.
+DIFFERENTIABLE = (
+    "add", "sub", "mul", "div", "pow", "neg", "matmul", "linear", "permute", "transpose", "reshape",
+    "broadcast_to", "sum", "mean", "max", "logsumexp", "exp", "log", "sqrt", "abs", "tanh", "sigmoid",
+    "relu", "leaky_relu", "softmax", "log_softmax", "maximum", "minimum", "where", "clip", "astype",
+    "getitem", "take", "concat", "stack",
+)  # fmt: skip
+
+
+def _shape_arguments(shape):
+    """`t.reshape(2, 3)` and `t.reshape((2, 3))` alike."""
+    return shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape
+
+
+def _reflected(op):
+    return lambda self, other: op(other, self)
+
+
+_METHODS = {
+    "__add__": add, "__radd__": _reflected(add), "__sub__": sub, "__rsub__": _reflected(sub),
+    "__mul__": mul, "__rmul__": _reflected(mul), "__truediv__": div, "__rtruediv__": _reflected(div),
+    "__pow__": pow, "__rpow__": _reflected(pow), "__matmul__": matmul, "__rmatmul__": _reflected(matmul),
+    "__neg__": neg, "__getitem__": getitem, "permute": permute, "transpose": transpose,
+    "reshape": lambda self, *shape: reshape(self, _shape_arguments(shape)),
+    "broadcast_to": broadcast_to, "sum": sum, "mean": mean, "max": max, "logsumexp": logsumexp,
+    "exp": exp, "log": log, "sqrt": sqrt, "abs": abs, "tanh": tanh, "sigmoid": sigmoid, "relu": relu,
+    "leaky_relu": leaky_relu, "softmax": softmax, "log_softmax": log_softmax, "clip": clip,
+    "astype": astype, "take": take, "__abs__": abs,
+    "mT": property(lambda self: transpose(self, -2, -1)),
+    "T": property(lambda self: permute(self, tuple(range(self.ndim))[::-1])),
+}  # fmt: skip
+for _name, _method in _METHODS.items():
+    setattr(Tensor, _name, _method)
+
+
+def _compare(op):
+    """Comparisons give a boolean tensor outside the graph."""
+    return lambda self, other: Tensor(op(*(t.data for t in _pair(self, other)[:2])))
+
+
+for _name in ("lt", "le", "gt", "ge", "eq", "ne"):
+    setattr(Tensor, f"__{_name}__", _compare(getattr(operator, _name)))
+Tensor.__hash__ = object.__hash__

@@ -1,0 +1,244 @@
+"""Tensor and the graph: a node is a tensor with parents and a backward function.
+
+Backward walks the graph iteratively (no recursion limit), frees it as it goes unless asked to
+retain it, and no node points back at its own output, so a graph dies without the cycle collector.
+
+>>> import backprop as bp
+>>> x = bp.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+>>> (x * x).sum().backward()
+>>> bp.to_numpy(x.grad).tolist()
+[[2.0, 4.0], [6.0, 8.0]]
+"""
+
+from __future__ import annotations
+
+import contextvars
+
+from array_api_compat import array_namespace, device, is_array_api_obj
+
+from backprop.backend import backend_name, get_backend, to_numpy
+
+_grad_enabled = contextvars.ContextVar("backprop_grad_enabled", default=True)
+
+
+class Tensor:
+    """An array of any array-API backend, plus what autodiff needs.
+
+    `data` is the backend array; `grad` (after `backward`) is a backend array of the same shape.
+    """
+
+    __slots__ = ("data", "grad", "requires_grad", "xp", "_parents", "_backward", "__weakref__")
+    __array_priority__ = 1000  # NumPy defers `ndarray + Tensor` to Tensor.__radd__
+
+    def __init__(self, data, requires_grad: bool = False):
+        if isinstance(data, Tensor):
+            data = data.data
+        elif not is_array_api_obj(data):
+            backend = get_backend()
+            data = backend.asarray(data, dtype=backend.float_dtype if _is_float_data(data) else None)
+        self.data = data
+        self.xp = array_namespace(data)
+        self.grad = None
+        self._parents = ()
+        self._backward = None
+        self.requires_grad = False
+        if requires_grad:
+            self.requires_grad_()
+
+    def requires_grad_(self, flag: bool = True) -> Tensor:
+        """Mark a leaf as needing a gradient (floating-point tensors only)."""
+        if flag and not self.xp.isdtype(self.data.dtype, "real floating"):
+            raise TypeError(f"only floating-point tensors can require gradients, not {self.data.dtype}")
+        self.requires_grad = flag
+        return self
+
+    # --- what the array is ---
+    shape = property(lambda self: tuple(self.data.shape))
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+    size = property(lambda self: _size(self.data.shape))
+    device = property(lambda self: device(self.data))
+    is_leaf = property(lambda self: self._backward is None)
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def __repr__(self) -> str:
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor({to_numpy(self.data)!r}, backend={backend_name(self.xp)}{grad})"
+
+    def numpy(self):
+        """A host NumPy array with this tensor's values (a copy off the GPU)."""
+        return to_numpy(self.data)
+
+    def item(self) -> float:
+        """The value of a one-element tensor as a Python number (a device sync on a GPU)."""
+        if _size(self.data.shape) != 1:
+            raise ValueError(f"item() needs a tensor with one element, not shape {self.shape}")
+        return to_numpy(self.data).reshape(()).item()
+
+    def detach(self) -> Tensor:
+        """The same data, cut from the graph."""
+        return Tensor(self.data)
+
+    def backward(self, grad=None, retain_graph: bool = False) -> None:
+        """Accumulate d(self)/d(leaf) into the `.grad` of every leaf that requires a gradient.
+
+        `grad` is the upstream gradient (default: 1 for a one-element tensor).
+        """
+        leaves, grads = _backpropagate(self, grad, retain_graph, wanted=())
+        for key, leaf in leaves.items():
+            if key in grads:
+                leaf.grad = grads[key] if leaf.grad is None else leaf.grad + grads[key]
+
+
+def _is_float_data(data) -> bool:
+    """Python data with a float in it (a nested list or a scalar) becomes the default float dtype."""
+    while isinstance(data, (list, tuple)) and data:
+        data = data[0]
+    return isinstance(data, float)
+
+
+def _size(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def result(data, xp, parents: tuple, backward) -> Tensor:
+    """The output of an op: a graph node when a gradient is needed, a plain tensor otherwise.
+
+    `backward(g)` returns one gradient (or None) per parent, possibly at the broadcast shape.
+    It must never refer to the output tensor itself (that would be a reference cycle).
+    """
+    out = Tensor.__new__(Tensor)
+    out.data = data
+    out.xp = xp
+    out.grad = None
+    if _grad_enabled.get() and any(p.requires_grad for p in parents):
+        out.requires_grad = True
+        out._parents = parents
+        out._backward = backward
+    else:
+        out.requires_grad = False
+        out._parents = ()
+        out._backward = None
+    return out
+
+
+def unbroadcast(xp, grad, shape):
+    """Sum `grad` down to `shape`: over the leading axes broadcasting added and the size-1 axes
+    it stretched. The one place gradients are un-broadcast."""
+    lead = grad.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1 and grad.shape[lead + i] != 1)
+    if axes:
+        grad = xp.sum(grad, axis=axes, keepdims=True)
+    return xp.reshape(grad, shape)
+
+
+def _graph_freed(grad):
+    raise RuntimeError(
+        "backward through a graph that was already freed: pass retain_graph=True to the first backward()"
+    )
+
+
+def _topological_order(root: Tensor):
+    """Nodes from `root` back to the leaves, each before its parents, and the leaves by id."""
+    order, leaves, seen = [], {}, set()
+    stack = [(root, False)]
+    while stack:
+        node, parents_done = stack.pop()
+        if parents_done:
+            order.append(node)
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node._backward is None:
+            leaves[id(node)] = node
+            continue
+        stack.append((node, True))
+        stack.extend((p, False) for p in node._parents if p.requires_grad and id(p) not in seen)
+    order.reverse()
+    return order, leaves
+
+
+def _backpropagate(root: Tensor, grad, retain_graph: bool, wanted):
+    """Run backward from `root`; return (leaves by id, gradients by id of leaves and `wanted`)."""
+    if not root.requires_grad:
+        raise RuntimeError("backward() on a tensor that does not require a gradient (no input requires one)")
+    if grad is None:
+        if _size(root.data.shape) != 1:
+            raise RuntimeError(f"backward() without a gradient needs a one-element output, not shape {root.shape}")
+        grad = root.xp.ones_like(root.data)
+    else:
+        grad = grad.data if isinstance(grad, Tensor) else grad
+        if tuple(grad.shape) != root.shape:
+            raise ValueError(f"gradient of shape {tuple(grad.shape)} given for an output of shape {root.shape}")
+    order, leaves = _topological_order(root)
+    grads, kept = {id(root): grad}, {}
+    for i, node in enumerate(order):
+        order[i] = None  # let intermediate tensors go as soon as they are done
+        g = grads.pop(id(node), None)
+        if g is None:
+            continue
+        if id(node) in wanted:
+            kept[id(node)] = g
+        for parent, pg in zip(node._parents, node._backward(g)):
+            if pg is None or not parent.requires_grad:
+                continue
+            if tuple(pg.shape) != tuple(parent.data.shape):
+                pg = unbroadcast(node.xp, pg, tuple(parent.data.shape))
+            key = id(parent)
+            grads[key] = grads[key] + pg if key in grads else pg
+        if not retain_graph:
+            node._parents = ()
+            node._backward = _graph_freed
+    grads.update(kept)
+    return leaves, grads
+
+
+def grad(output: Tensor, inputs, grad_output=None, retain_graph: bool = False):
+    """d(output)/d(inputs) as backend arrays, without touching any `.grad`.
+
+    An input that the output does not depend on gets zeros.
+
+    >>> import backprop as bp
+    >>> x = bp.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    >>> (gx,) = bp.grad((x ** 2).sum(), [x])
+    >>> bp.to_numpy(gx).tolist()
+    [2.0, 4.0, 6.0]
+    """
+    inputs = list(inputs)
+    _, grads = _backpropagate(output, grad_output, retain_graph, wanted={id(t) for t in inputs})
+    return [grads[id(t)] if id(t) in grads else t.xp.zeros_like(t.data) for t in inputs]
+
+
+class no_grad:
+    """Context manager and decorator: ops inside build no graph.
+
+    >>> import backprop as bp
+    >>> w = bp.tensor([1.0], requires_grad=True)
+    >>> with bp.no_grad():
+    ...     (w * 2).requires_grad
+    False
+    """
+
+    def __enter__(self):
+        self._token = _grad_enabled.set(False)
+
+    def __exit__(self, *exc):
+        _grad_enabled.reset(self._token)
+
+    def __call__(self, function):
+        def wrapper(*args, **kwargs):
+            with no_grad():
+                return function(*args, **kwargs)
+
+        wrapper.__name__, wrapper.__doc__ = function.__name__, function.__doc__
+        return wrapper
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled.get()
