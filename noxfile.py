@@ -14,7 +14,7 @@ import nox
 nox.options.sessions = ["tests", "lint"]
 nox.options.default_venv_backend = "venv"
 
-TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "threadpoolctl>=3.5", "array-api-strict>=2.3"]
+TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "threadpoolctl>=3.5", "array-api-strict>=2.3", "matplotlib>=3.8", "tqdm>=4.60"]
 EXTRAS = {"numpy": [], "array_api_strict": [], "torch": ["torch==2.13.0"], "jax": ["jax>=0.4.32"]}
 
 

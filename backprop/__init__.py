@@ -9,6 +9,7 @@
 (2, 2)
 """
 
+from backprop import blas, data, io, losses, nn, optim, plots  # noqa: E402  (they build on the names above)
 from backprop.backend import (
     Backend,
     BackendError,
@@ -61,5 +62,6 @@ from backprop.ops import (
     where,
 )
 from backprop.tensor import Tensor, grad, is_grad_enabled, no_grad
+from backprop.train import EarlyStopping, History, evaluate, fit, predict  # noqa: E402
 
 __version__ = "0.1.0"

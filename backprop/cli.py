@@ -1,0 +1,190 @@
+"""The command line: `backprop train`, `backprop info` (and `backprop bench`, see bench/).
+
+Errors exit non-zero with one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import platform
+import sys
+
+import numpy as np
+
+import backprop as bp
+from backprop.backend import BackendError, installed_backends, make_backend
+from backprop.data import DATASETS, DataError, IDXError
+
+# dataset -> what its images are (inputs, classes) and a sensible hidden layer
+SHAPES = {"digits": (64, 10, 32), "mnist": (784, 10, 30), "fashion-mnist": (784, 10, 100), "spirals": (2, 2, 8)}
+OUTPUT_ACTIVATION = {"quadratic": "sigmoid", "mse": "sigmoid", "bce": "sigmoid", "cross_entropy": None}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of usage + message
+        self.exit(2, f"backprop: error: {message}\n")
+
+
+def _train_parser(commands) -> None:
+    p = commands.add_parser("train", help="train a multilayer perceptron (default: the bundled digits)")
+    p.add_argument("--dataset", default="digits", choices=[*DATASETS, "spirals"])
+    p.add_argument("--data-dir", help="folder with the dataset's files (default: $BACKPROP_DATA_DIR, the cache)")
+    p.add_argument("--layers", help="layer sizes, e.g. 784,30,10 (default: inputs,hidden,classes)")
+    p.add_argument("--activation", default="relu", choices=sorted(bp.nn.ACTIVATIONS))
+    p.add_argument("--loss", default="cross_entropy", choices=sorted(OUTPUT_ACTIVATION))
+    p.add_argument("--optimizer", default="adam", choices=sorted(bp.optim.OPTIMIZERS))
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.01 for Adam, 3.0 for SGD)")
+    p.add_argument("--momentum", type=float, default=0.0)
+    p.add_argument("--init", default="glorot_uniform", choices=sorted(bp.nn.INITIALIZERS))
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--backend", default=None, help=f"array backend (installed: {', '.join(installed_backends())})")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", metavar="PATH", help="write loss/accuracy curves and first-layer weights here")
+    p.add_argument("--save", metavar="PATH", help="write the trained weights (.npz or .safetensors)")
+    p.add_argument("--checkpoint", metavar="PATH", help="write a resumable checkpoint (.npz) after each epoch")
+    p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint written by --checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="backprop", description="Backpropagation on any array-API backend.")
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+    _train_parser(commands)
+    commands.add_parser("info", help="backends, versions, devices and the BLAS in use")
+    bench = commands.add_parser("bench", help="run the benchmark suite (see bench/README.md)")
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def parse_layers(spec: str | None, dataset: str) -> list[int]:
+    inputs, classes, hidden = SHAPES[dataset]
+    if spec is None:
+        return [inputs, hidden, classes]
+    try:
+        sizes = [int(part) for part in spec.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"--layers {spec!r}: give comma-separated integers, e.g. {inputs},{hidden},{classes}"
+        ) from None
+    if len(sizes) < 2 or min(sizes) < 1:
+        raise ValueError(f"--layers {spec!r}: need at least two positive sizes")
+    if sizes[0] != inputs:
+        raise ValueError(f"--layers {spec!r}: {dataset} has {inputs} inputs, so the first size must be {inputs}")
+    if sizes[-1] not in (classes, 1 if classes == 2 else classes):
+        raise ValueError(f"--layers {spec!r}: {dataset} has {classes} classes, so the last size must be {classes}")
+    return sizes
+
+
+def load_dataset(name: str, data_dir):
+    if name == "spirals":
+        x, y = bp.data.spirals(300, seed=1)
+        return (x, y), bp.data.spirals(100, seed=2)
+    loader = DATASETS[name]
+    kwargs = {} if name == "digits" else {"data_dir": data_dir}
+    return loader("train", **kwargs), loader("test", **kwargs)
+
+
+def _targets(labels: np.ndarray, loss: str, outputs: int, dtype: str):
+    """Labels for cross-entropy; one-hot rows (or a column for one output) for the other losses."""
+    if loss == "cross_entropy":
+        return labels
+    if outputs == 1:
+        return labels.astype(dtype)[:, None]
+    return np.eye(outputs, dtype=dtype)[labels]
+
+
+def train(args) -> int:
+    if args.backend:
+        bp.set_backend(args.backend, args.device)
+    bp.manual_seed(args.seed)
+    sizes = parse_layers(args.layers, args.dataset)
+    if args.loss == "cross_entropy" and sizes[-1] == 1:
+        raise ValueError("cross_entropy needs one output per class; use --loss bce for a single output")
+    (x, y), (xt, yt) = load_dataset(args.dataset, args.data_dir)
+    model = bp.nn.mlp(sizes, args.activation, OUTPUT_ACTIVATION[args.loss], init=args.init, dtype=args.dtype)
+    loss = bp.losses.LOSSES[args.loss]
+    lr = args.lr if args.lr is not None else (3.0 if args.optimizer == "sgd" else 0.01)
+    extra = {"momentum": args.momentum} if args.optimizer == "sgd" else {}
+    optimizer = bp.optim.OPTIMIZERS[args.optimizer](model.parameters(), lr=lr, **extra)
+    train_set = (x.astype(args.dtype), _targets(y, args.loss, sizes[-1], args.dtype))
+    test_set = (xt.astype(args.dtype), _targets(yt, args.loss, sizes[-1], args.dtype))
+    print(f"training {model} on {args.dataset} ({len(x)} train, {len(xt)} test) with {bp.get_backend().name}")
+    history = bp.fit(model, loss, optimizer, train_set, args.epochs, args.batch_size, validation=test_set,
+                     progress=not args.no_progress, checkpoint=args.checkpoint, resume=args.resume)  # fmt: skip
+    last = history.epochs[-1]
+    seconds = sum(history["seconds"])
+    print(f"final: train accuracy {last['accuracy']:.4f}, test accuracy {last['val_accuracy']:.4f} "
+          f"after {last['epoch']} epochs ({seconds:.1f} s)")  # fmt: skip
+    if args.save:
+        bp.io.save_weights(model, args.save)
+        print(f"weights written to {args.save}")
+    if args.plot:
+        bp.plots.plot_training(history, model, args.plot, title=f"{args.dataset}: {sizes}")
+        if args.dataset == "spirals":
+            bp.plots.plot_decision_boundary(model, x, y, args.plot.replace(".", "-boundary.", 1))
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def info() -> int:
+    print(f"backprop {bp.__version__} on Python {platform.python_version()} ({platform.machine()})")
+    for name in ("numpy", "array_api_strict", "torch", "jax", "cupy"):
+        package = {"array_api_strict": "array-api-strict", "cupy": "cupy"}.get(name, name)
+        try:
+            version = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            version = next((importlib.metadata.version(p) for p in ("cupy-cuda12x", "cupy-cuda13x")
+                            if _installed(p)), None) if name == "cupy" else None  # fmt: skip
+        if version is None:
+            print(f"  {name:17} not installed")
+            continue
+        try:
+            backend = make_backend(name)
+            device = bp.Tensor(backend.asarray([0.0])).device
+            print(f"  {name:17} {version:12} device {device}")
+        except BackendError as error:
+            print(f"  {name:17} {version:12} unusable: {error}")
+    try:
+        blas = bp.blas.numpy_blas()
+        print(f"BLAS (NumPy): {blas['vendor']} {blas['version']} with {blas['num_threads']} thread(s)")
+    except ImportError as error:
+        print(f"BLAS (NumPy): unknown ({error})")
+    return 0
+
+
+def _installed(package: str) -> bool:
+    try:
+        importlib.metadata.version(package)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return train(args)
+        if args.command == "info":
+            return info()
+        if args.command == "bench":
+            from backprop.bench import main as bench_main
+
+            return bench_main(args.rest)
+        build_parser().print_help()
+        return 2
+    except (ValueError, TypeError, KeyError, DataError, IDXError, ImportError, OSError, FloatingPointError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"backprop: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("backprop: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

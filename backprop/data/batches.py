@@ -1,0 +1,62 @@
+"""Mini-batches of arrays of the current backend.
+
+The dataset is moved to the backend once; each epoch shuffles indices (not data) with the
+seeded host generator, and a batch is `take` of those indices, or a plain slice without shuffling.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from backprop.backend import get_backend, host_rng
+
+
+class Batches:
+    """Iterate over (inputs, targets) mini-batches; each `iter()` is one epoch.
+
+    >>> import numpy as np, backprop as bp
+    >>> batches = bp.data.Batches(np.zeros((10, 3)), np.arange(10), batch_size=4, shuffle=False)
+    >>> [tuple(y.shape) for _, y in batches], len(batches)
+    ([(4,), (4,), (2,)], 3)
+    """
+
+    def __init__(self, inputs, targets, batch_size: int, shuffle: bool = True, drop_last: bool = False, dtype=None):
+        inputs, targets = np.asarray(inputs), np.asarray(targets)
+        if len(inputs) != len(targets):
+            raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if dtype is not None:
+            inputs = inputs.astype(dtype)
+        backend = get_backend()
+        self.xp = backend.xp
+        self.inputs = backend.asarray(np.ascontiguousarray(inputs))
+        self.targets = backend.asarray(np.ascontiguousarray(targets))
+        self.n, self.batch_size, self.shuffle, self.drop_last = len(inputs), batch_size, shuffle, drop_last
+
+    def __len__(self) -> int:
+        whole = self.n // self.batch_size
+        return whole if self.drop_last or self.n % self.batch_size == 0 else whole + 1
+
+    def __iter__(self):
+        xp, size = self.xp, self.batch_size
+        order = None
+        if self.shuffle:
+            order = xp.asarray(host_rng().permutation(self.n), device=self.inputs.device)
+        for start in range(0, len(self) * size, size):
+            stop = min(start + size, self.n)
+            if order is None:
+                yield self.inputs[start:stop, ...], self.targets[start:stop, ...]
+            else:
+                idx = order[start:stop]
+                yield xp.take(self.inputs, idx, axis=0), xp.take(self.targets, idx, axis=0)
+
+    @property
+    def num_samples(self) -> int:
+        return min(self.n, len(self) * self.batch_size) if self.drop_last else self.n
+
+
+def batch_count(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)

@@ -1,0 +1,102 @@
+"""Finding, checking and downloading dataset files.
+
+A file is looked up in an explicit `data_dir`, then in $BACKPROP_DATA_DIR, then in the user
+cache; otherwise it is downloaded from the public mirrors, with a progress bar, into the cache.
+Every file's MD5 is verified on its decompressed content (so a copy whose gzip header was
+rewritten, as Debian's Fashion-MNIST is, still matches); a download is written to a temporary file and renamed only once
+complete and verified, so a failed or wrong download never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from backprop.data.idx import read_content
+
+
+class DataError(RuntimeError):
+    """A dataset file that is missing, corrupt or cannot be fetched (the message says which)."""
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "backprop"
+
+
+def _verified(path: Path, checksum: str) -> bytes:
+    content = read_content(str(path))
+    actual = hashlib.md5(content).hexdigest()
+    if actual != checksum:
+        raise DataError(
+            f"{path}: checksum mismatch (md5 of contents {actual}, expected {checksum}): the file is corrupt"
+        )
+    return content
+
+
+def _candidates(dataset: str, filename: str, data_dir) -> list[Path]:
+    roots = [data_dir, os.environ.get("BACKPROP_DATA_DIR")]
+    found = []
+    for root in filter(None, roots):
+        found += [Path(root) / dataset / filename, Path(root) / filename]
+    return found + [cache_dir() / dataset / filename]
+
+
+def fetch(dataset: str, filename: str, checksum: str, mirrors, data_dir=None, download: bool = True):
+    """(local path, verified decompressed content) of `filename` of `dataset`, downloaded if need be."""
+    for path in _candidates(dataset, filename, data_dir):
+        if path.is_file():
+            return path, _verified(path, checksum)
+    if not download:
+        raise DataError(f"{dataset}/{filename} not found in {data_dir or '$BACKPROP_DATA_DIR'} or {cache_dir()}")
+    target = cache_dir() / dataset / filename
+    errors = []
+    for mirror in mirrors:
+        try:
+            return _download(mirror + filename, target, checksum)
+        except (OSError, ValueError, DataError) as error:
+            errors.append(f"{mirror}: {error}")
+    raise DataError(
+        f"could not download {dataset}/{filename} ({'; '.join(errors)}); "
+        "put the files in a folder and pass data_dir or set BACKPROP_DATA_DIR"
+    )
+
+
+def _download(url: str, target: Path, checksum: str):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
+            total = int(response.headers.get("Content-Length") or 0)
+            with _progress(total, target.name) as bar:
+                for chunk in iter(lambda: response.read(1 << 16), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        content = _verified(Path(partial), checksum)
+        os.replace(partial, target)
+        return target, content
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n):
+        pass
+
+
+def _progress(total: int, name: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total or None, unit="B", unit_scale=True, desc=f"downloading {name}")

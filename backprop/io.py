@@ -1,0 +1,114 @@
+"""Saving weights and checkpoints: `.npz` or `.safetensors` (never pickle), written atomically.
+
+A file is written beside its target under a temporary name and renamed over it only once
+complete, so an interrupted save never replaces a good file with half of one.
+
+>>> import os, tempfile, backprop as bp
+>>> model = bp.nn.Linear(3, 2)
+>>> path = os.path.join(tempfile.mkdtemp(), "weights.npz")
+>>> bp.io.save_weights(model, path)
+>>> bp.io.load_weights(bp.nn.Linear(3, 2), path)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from backprop.backend import get_rng_state, set_rng_state, to_numpy
+
+
+def _atomic_write(path, write) -> None:
+    """Call `write(file)` on a temporary file beside `path`, then rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            write(f)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def _save_arrays(path, arrays: dict) -> None:
+    if str(path).endswith(".safetensors"):
+        try:
+            from safetensors.numpy import save
+        except ImportError as error:
+            raise ImportError("saving .safetensors needs the safetensors package (or use a .npz path)") from error
+        blob = save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+        _atomic_write(path, lambda f: f.write(blob))
+    elif str(path).endswith(".npz"):
+        _atomic_write(path, lambda f: np.savez(f, **arrays))
+    else:
+        raise ValueError(f"{path}: weights are saved as .npz or .safetensors; choose one of those suffixes")
+
+
+def _load_arrays(path) -> dict:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        if str(path).endswith(".safetensors"):
+            from safetensors.numpy import load_file
+
+            return load_file(str(path))
+        with np.load(path, allow_pickle=False) as archive:
+            return {k: archive[k] for k in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: not a readable weights file ({error})") from error
+
+
+def save_weights(model, path) -> None:
+    """Write the model's parameters (by dotted name) to `path` (.npz or .safetensors)."""
+    _save_arrays(path, {name: to_numpy(a) for name, a in model.state_dict().items()})
+
+
+def load_weights(model, path) -> None:
+    """Read parameters written by `save_weights` into `model` (names and shapes must match)."""
+    model.load_state_dict(_load_arrays(path))
+
+
+def save_checkpoint(path, model, optimizer, epoch: int, history=None) -> None:
+    """Model, optimizer state, epoch, random state and history in one .npz, written atomically."""
+    arrays = {f"model/{name}": to_numpy(a) for name, a in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for i, state in enumerate(opt["state"]):
+        arrays.update({f"optimizer/{i}/{key}": value for key, value in state.items()})
+    meta = {
+        "epoch": epoch,
+        "optimizer": {"type": type(optimizer).__name__, "hyper": opt["hyper"], "count": len(opt["state"])},
+        "rng_state": get_rng_state(),
+        "history": history.epochs if history is not None else [],
+    }
+    arrays["meta"] = np.array(json.dumps(meta))
+    if not str(path).endswith(".npz"):
+        raise ValueError(f"{path}: checkpoints are .npz files")
+    _save_arrays(path, arrays)
+
+
+def load_checkpoint(path, model, optimizer) -> dict:
+    """Restore what `save_checkpoint` wrote; returns its metadata (epoch, history, ...)."""
+    arrays = _load_arrays(path)
+    if "meta" not in arrays:
+        raise ValueError(f"{path}: not a backprop checkpoint (no metadata)")
+    meta = json.loads(str(arrays["meta"]))
+    if meta["optimizer"]["type"] != type(optimizer).__name__:
+        raise ValueError(
+            f"{path}: checkpoint holds a {meta['optimizer']['type']} state, not {type(optimizer).__name__}"
+        )
+    model.load_state_dict({k.removeprefix("model/"): v for k, v in arrays.items() if k.startswith("model/")})
+    states = [{} for _ in range(meta["optimizer"]["count"])]
+    for key, value in arrays.items():
+        if key.startswith("optimizer/"):
+            _, i, name = key.split("/", 2)
+            states[int(i)][name] = value
+    optimizer.load_state_dict({"hyper": meta["optimizer"]["hyper"], "state": states})
+    set_rng_state(meta["rng_state"])
+    return meta

@@ -1,0 +1,272 @@
+"""Modules: parameters found by reflection, state dicts, layers, activations, initializers.
+
+>>> import backprop as bp
+>>> bp.manual_seed(0)
+>>> model = bp.nn.Sequential(bp.nn.Linear(4, 3), bp.nn.ReLU(), bp.nn.Linear(3, 2))
+>>> [name for name, _ in model.named_parameters()]
+['0.weight', '0.bias', '2.weight', '2.bias']
+>>> model(bp.randn(5, 4)).shape
+(5, 2)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from backprop import ops
+from backprop.backend import get_backend, host_rng, make_backend, to_numpy
+from backprop.tensor import Tensor
+
+
+class Parameter(Tensor):
+    """A tensor that a module trains (it requires a gradient)."""
+
+    __slots__ = ()
+
+    def __init__(self, data, requires_grad: bool = True):
+        super().__init__(data, requires_grad=requires_grad)
+
+
+class Module:
+    """Base class: subclasses set Parameters and Modules as attributes and define `forward`."""
+
+    training = True
+
+    def __call__(self, *args):
+        return self.forward(*args)
+
+    def forward(self, *args):
+        raise NotImplementedError(f"{type(self).__name__} defines no forward()")
+
+    def children(self):
+        """(name, module) for each direct sub-module."""
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+
+    def named_parameters(self, prefix: str = ""):
+        """(dotted name, Parameter) for this module's parameters and its sub-modules'."""
+        for name, value in vars(self).items():
+            if isinstance(value, Parameter):
+                yield prefix + name, value
+        for name, child in self.children():
+            yield from child.named_parameters(f"{prefix}{name}.")
+
+    def parameters(self) -> list[Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def train(self, mode: bool = True) -> Module:
+        """Training mode (Dropout drops); `eval()` switches it off. Applies to sub-modules."""
+        self.training = mode
+        for _, child in self.children():
+            child.train(mode)
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def state_dict(self) -> dict:
+        """{dotted name: backend array} of every parameter."""
+        return {name: p.data for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy arrays (any backend, or NumPy) into the parameters; names and shapes must match."""
+        params = dict(self.named_parameters())
+        missing, unexpected = sorted(params.keys() - state.keys()), sorted(state.keys() - params.keys())
+        if missing or unexpected:
+            raise KeyError(
+                f"state dict does not match {type(self).__name__}: missing {missing}, unexpected {unexpected}"
+            )
+        for name, p in params.items():
+            host = to_numpy(state[name])
+            if tuple(host.shape) != p.shape:
+                raise ValueError(f"parameter {name!r}: state dict has shape {tuple(host.shape)}, model has {p.shape}")
+            p.data = p.xp.asarray(host.astype(_dtype_name(p.dtype)), device=p.device)
+
+    def to(self, backend: str | None = None, device=None, dtype: str | None = None) -> Module:
+        """Move every parameter to another backend and/or device and/or floating dtype (in place)."""
+        target = make_backend(backend, device) if backend else None
+        for p in self.parameters():
+            host = to_numpy(p.data)
+            host = host.astype(dtype) if dtype else host
+            if target is not None:
+                p.data, p.xp = target.asarray(host), target.xp
+            elif dtype:
+                p.data = p.xp.asarray(host, device=p.device)
+            p.grad = None
+        return self
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{name}={child!r}" for name, child in self.children())
+        return f"{type(self).__name__}({inner})"
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).rsplit(".", 1)[-1]
+
+
+# --- initializers: host arrays drawn from the seeded generator, fan_in = in_features ---
+
+
+def _scaled_normal(std):
+    return lambda shape, fan_in, fan_out: host_rng().standard_normal(shape) * std(fan_in, fan_out)
+
+
+def _scaled_uniform(bound):
+    return lambda shape, fan_in, fan_out: host_rng().uniform(-1, 1, shape) * bound(fan_in, fan_out)
+
+
+INITIALIZERS = {
+    "standard_normal": _scaled_normal(lambda fan_in, fan_out: 1.0),  # Nielsen: weights and biases ~ N(0, 1)
+    "kaiming_normal": _scaled_normal(lambda fan_in, fan_out: math.sqrt(2 / fan_in)),
+    "kaiming_normal_fan_out": _scaled_normal(lambda fan_in, fan_out: math.sqrt(2 / fan_out)),
+    "kaiming_uniform": _scaled_uniform(lambda fan_in, fan_out: math.sqrt(6 / fan_in)),
+    "kaiming_uniform_fan_out": _scaled_uniform(lambda fan_in, fan_out: math.sqrt(6 / fan_out)),
+    "glorot_normal": _scaled_normal(lambda fan_in, fan_out: math.sqrt(2 / (fan_in + fan_out))),
+    "glorot_uniform": _scaled_uniform(lambda fan_in, fan_out: math.sqrt(6 / (fan_in + fan_out))),
+    "zeros": lambda shape, fan_in, fan_out: np.zeros(shape),
+}
+
+
+class Linear(Module):
+    """`x @ weight + bias` with `weight` of shape (in_features, out_features): rows are samples.
+
+    `init` names an entry of INITIALIZERS (or is a callable `(shape, fan_in, fan_out) -> array`);
+    biases start at zero, except with "standard_normal", which draws them too (as Nielsen does).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, init="glorot_uniform", dtype="float32"):
+        if isinstance(init, str) and init not in INITIALIZERS:
+            raise ValueError(f"unknown initializer {init!r}; choose one of {', '.join(INITIALIZERS)}")
+        draw = INITIALIZERS[init] if isinstance(init, str) else init
+        backend = get_backend()
+        self.in_features, self.out_features = in_features, out_features
+        weight = draw((in_features, out_features), in_features, out_features)
+        self.weight = Parameter(backend.asarray(np.ascontiguousarray(weight, dtype=dtype)))
+        self.bias = None
+        if bias:
+            host = draw((out_features,), 1, out_features) if init == "standard_normal" else np.zeros(out_features)
+            self.bias = Parameter(backend.asarray(host.astype(dtype)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"{self!r} expects input of shape (batch, {self.in_features}), got {x.shape}")
+        return ops.linear(x, self.weight, self.bias)
+
+    def __repr__(self) -> str:
+        return f"Linear({self.in_features}, {self.out_features}, bias={self.bias is not None})"
+
+
+class Sigmoid(Module):
+    def forward(self, x):
+        return ops.sigmoid(x)
+
+
+class Tanh(Module):
+    def forward(self, x):
+        return ops.tanh(x)
+
+
+class ReLU(Module):
+    def forward(self, x):
+        return ops.relu(x)
+
+
+class LeakyReLU(Module):
+    def __init__(self, negative_slope: float = 0.01):
+        self.negative_slope = negative_slope
+
+    def forward(self, x):
+        return ops.leaky_relu(x, self.negative_slope)
+
+
+class Softmax(Module):
+    def __init__(self, axis: int = -1):
+        self.axis = axis
+
+    def forward(self, x):
+        return ops.softmax(x, axis=self.axis)
+
+
+class Identity(Module):
+    def forward(self, x):
+        return x
+
+
+class Dropout(Module):
+    """Zero each element with probability `p` in training, scaling the rest by 1/(1-p)."""
+
+    def __init__(self, p: float = 0.5):
+        if not 0 <= p < 1:
+            raise ValueError(f"Dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = host_rng().random(x.shape) >= self.p
+        scale = (keep / (1 - self.p)).astype(_dtype_name(x.dtype))
+        return x * Tensor(x.xp.asarray(scale, device=x.device))
+
+
+class Sequential(Module):
+    """Modules applied in order; parameters are named by position ("0.weight", ...)."""
+
+    def __init__(self, *layers: Module):
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential: item {i} is a {type(layer).__name__}, not a Module")
+        self.layers = list(layers)
+
+    def children(self):
+        for i, layer in enumerate(self.layers):
+            yield str(i), layer
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __repr__(self) -> str:
+        return "Sequential(" + ", ".join(map(repr, self.layers)) + ")"
+
+
+ACTIVATIONS = {"sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU, "leaky_relu": LeakyReLU, "identity": Identity}
+
+
+def mlp(
+    sizes, activation: str = "sigmoid", output_activation: str | None = None, init="glorot_uniform", dtype="float32"
+):
+    """A multilayer perceptron: Linear layers of `sizes` with `activation` between them.
+
+    >>> import backprop as bp
+    >>> bp.nn.mlp([784, 30, 10], "sigmoid", output_activation="sigmoid")
+    Sequential(Linear(784, 30, bias=True), Sigmoid(), Linear(30, 10, bias=True), Sigmoid())
+    """
+    sizes = list(sizes)
+    if len(sizes) < 2 or any(not isinstance(n, int) or n < 1 for n in sizes):
+        raise ValueError(f"layer sizes must be two or more positive integers, got {sizes}")
+    for name in (activation, output_activation):
+        if name is not None and name not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+        layers.append(Linear(n_in, n_out, init=init, dtype=dtype))
+        last = i == len(sizes) - 2
+        if not last:
+            layers.append(ACTIVATIONS[activation]())
+        elif output_activation is not None:
+            layers.append(ACTIVATIONS[output_activation]())
+    return Sequential(*layers)

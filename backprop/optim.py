@@ -1,0 +1,126 @@
+"""Optimizers: SGD (momentum, Nesterov, weight decay), Adam and AdamW.
+
+Updates write into the parameter arrays where the backend allows it and rebind them where it
+does not (JAX arrays are immutable).
+
+>>> import backprop as bp
+>>> w = bp.nn.Parameter(bp.tensor([1.0, -2.0]).data)
+>>> opt = bp.optim.SGD([w], lr=0.5)
+>>> (w * w).sum().backward()
+>>> opt.step()
+>>> w.numpy().tolist()
+[0.0, 0.0]
+"""
+
+from __future__ import annotations
+
+import math
+
+from array_api_compat import is_jax_namespace
+
+from backprop.backend import to_numpy
+from backprop.tensor import Tensor
+
+
+def _subtract(p: Tensor, delta) -> None:
+    """p -= delta, in place unless the backend's arrays are immutable."""
+    if is_jax_namespace(p.xp):
+        p.data = p.data - delta
+    else:
+        p.data -= delta
+
+
+class Optimizer:
+    """Holds the parameters and per-parameter state; subclasses define `_update`."""
+
+    def __init__(self, params, lr: float):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError(f"{type(self).__name__} got no parameters to optimize")
+        if lr <= 0:
+            raise ValueError(f"learning rate must be positive, got {lr}")
+        self.lr = lr
+        self.state: list[dict] = [{} for _ in self.params]
+        self.steps = 0
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        self.steps += 1
+        for p, state in zip(self.params, self.state):
+            if p.grad is not None:
+                self._update(p, p.grad, state)
+
+    def _update(self, p: Tensor, grad, state: dict) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """Hyper-parameters, step count and per-parameter state (host NumPy arrays)."""
+        hyper = {k: v for k, v in vars(self).items() if isinstance(v, (int, float, bool))}
+        return {"hyper": hyper, "state": [{k: to_numpy(v) for k, v in s.items()} for s in self.state]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if len(state_dict["state"]) != len(self.params):
+            raise ValueError(f"optimizer state for {len(state_dict['state'])} parameters, but {len(self.params)} given")
+        vars(self).update(state_dict["hyper"])
+        for p, saved, own in zip(self.params, state_dict["state"], self.state):
+            own.clear()
+            own.update({k: p.xp.asarray(v, device=p.device) for k, v in saved.items()})
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent; momentum and Nesterov as in PyTorch (v = mu v + g)."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
+        super().__init__(params, lr)
+        if nesterov and momentum <= 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
+
+    def _update(self, p, grad, state):
+        if self.weight_decay:
+            grad = grad + self.weight_decay * p.data
+        if self.momentum:
+            velocity = state.get("velocity")
+            velocity = grad if velocity is None else self.momentum * velocity + grad
+            state["velocity"] = velocity
+            grad = grad + self.momentum * velocity if self.nesterov else velocity
+        _subtract(p, self.lr * grad)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba); `weight_decay` adds L2 to the gradient, as in PyTorch's Adam."""
+
+    decoupled = False
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(params, lr)
+        self.beta1, self.beta2 = betas
+        self.eps, self.weight_decay = eps, weight_decay
+
+    def _update(self, p, grad, state):
+        xp = p.xp
+        if self.weight_decay and not self.decoupled:
+            grad = grad + self.weight_decay * p.data
+        m = state.get("m", 0.0) * self.beta1 + (1 - self.beta1) * grad
+        v = state.get("v", 0.0) * self.beta2 + (1 - self.beta2) * (grad * grad)
+        state["m"], state["v"] = m, v
+        step_size = self.lr * math.sqrt(1 - self.beta2**self.steps) / (1 - self.beta1**self.steps)
+        delta = step_size * m / (xp.sqrt(v) + self.eps * math.sqrt(1 - self.beta2**self.steps))
+        if self.weight_decay and self.decoupled:
+            delta = delta + self.lr * self.weight_decay * p.data
+        _subtract(p, delta)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter): p -= lr * wd * p besides the step."""
+
+    decoupled = True
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}

@@ -1,0 +1,150 @@
+"""Data: the IDX parser, finding and downloading files, MNIST, Nielsen's pickle, bundled sets, batches."""
+
+import gzip
+import hashlib
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import backprop as bp
+from backprop.data import DataError, IDXError, read_idx, sources
+
+DATA_DIR = os.environ.get("BACKPROP_DATA_DIR")
+needs_mnist = pytest.mark.skipif(
+    not DATA_DIR or not Path(DATA_DIR, "mnist").is_dir(), reason="real MNIST not found in $BACKPROP_DATA_DIR"
+)
+
+
+def _idx_bytes(array: np.ndarray, code: int) -> bytes:
+    header = bytes([0, 0, code, array.ndim]) + np.array(array.shape, ">u4").tobytes()
+    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+@pytest.mark.parametrize("dtype, code", [(np.uint8, 0x08), (np.int16, 0x0B), (np.int32, 0x0C), (np.float64, 0x0E)])
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_round_trip(tmp_path, dtype, code, compress):
+    array = (np.arange(24).reshape(2, 3, 4) * 7 % 101).astype(dtype)
+    raw = _idx_bytes(array, code)
+    path = tmp_path / "a-idx3"
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+    got = read_idx(path)
+    np.testing.assert_array_equal(got, array, strict=True)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\x00\x01\x08\x01\x00\x00\x00\x02\x05\x06", "bad magic number"),
+        (b"\x00\x00\x07\x01\x00\x00\x00\x02\x05\x06", "unknown IDX type code 0x07"),
+        (b"\x00\x00\x08\x03\x00\x00\x00\x02", "truncated header"),
+        (b"\x00\x00\x08\x02\x00\x00\x00\x02\x00\x00\x00\x03" + bytes(5), r"header says shape \(2, 3\) \(6 bytes"),
+    ],
+)
+def test_corrupt_idx_files_name_the_file(tmp_path, content, message):
+    path = tmp_path / "broken-idx1-ubyte"
+    path.write_bytes(content)
+    with pytest.raises(IDXError, match=f"broken-idx1-ubyte.*{message}"):
+        read_idx(path)
+
+
+def test_truncated_gzip_names_the_file(tmp_path):
+    path = tmp_path / "cut-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(_idx_bytes(np.arange(100, dtype=np.uint8), 8))[:30])
+    with pytest.raises(IDXError, match="cut-idx1-ubyte.gz: corrupt or truncated gzip data"):
+        read_idx(path)
+
+
+def _mirror(tmp_path, content: bytes):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "f.gz").write_bytes(gzip.compress(content))
+    return mirror.as_uri() + "/"
+
+
+def test_download_verifies_and_lands_in_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("BACKPROP_DATA_DIR", raising=False)
+    content = b"some dataset bytes"
+    path, got = sources.fetch("toy", "f.gz", hashlib.md5(content).hexdigest(), [_mirror(tmp_path, content)])
+    assert got == content and path == tmp_path / "cache" / "backprop" / "toy" / "f.gz"
+    again, _ = sources.fetch("toy", "f.gz", hashlib.md5(content).hexdigest(), [], download=False)
+    assert again == path
+
+
+def test_a_wrong_download_leaves_no_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("BACKPROP_DATA_DIR", raising=False)
+    with pytest.raises(DataError, match="checksum mismatch"):
+        sources.fetch("toy", "f.gz", "0" * 32, [_mirror(tmp_path, b"tampered")])
+    assert list((tmp_path / "cache" / "backprop" / "toy").iterdir()) == []
+
+
+def test_unreachable_mirrors_say_where_to_put_the_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("BACKPROP_DATA_DIR", raising=False)
+    with pytest.raises(DataError, match="could not download toy/f.gz .*set BACKPROP_DATA_DIR"):
+        sources.fetch("toy", "f.gz", "0" * 32, [(tmp_path / "nowhere").as_uri() + "/"])
+    with pytest.raises(DataError, match="toy/f.gz not found"):
+        sources.fetch("toy", "f.gz", "0" * 32, [], download=False)
+
+
+def test_a_corrupt_local_file_is_a_checksum_error(tmp_path):
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01" + bytes(8)))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz: checksum mismatch"):
+        bp.data.mnist("test", data_dir=tmp_path, download=False)
+
+
+@needs_mnist
+def test_real_mnist_and_fashion_mnist():
+    x, y = bp.data.mnist("test")
+    assert x.shape == (10000, 784) and x.dtype == np.float32 and 0 <= x.min() and x.max() == 1.0
+    assert np.bincount(y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    x, y = bp.data.fashion_mnist("test")
+    assert x.shape == (10000, 784) and np.bincount(y).tolist() == [1000] * 10
+
+
+def test_nielsen_pickle_loads_arrays_and_refuses_code(tmp_path):
+    parts = tuple((np.full((3, 784), i, np.float32), np.arange(3) + i) for i in range(3))
+    good = tmp_path / "mnist.pkl.gz"
+    with gzip.open(good, "wb") as f:
+        pickle.dump(parts, f, protocol=2)
+    loaded = bp.data.nielsen_pickle(good)
+    assert [x.shape for x, _ in loaded] == [(3, 784)] * 3 and loaded[2][1].tolist() == [2, 3, 4]
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    evil = tmp_path / "evil.pkl.gz"
+    with gzip.open(evil, "wb") as f:
+        pickle.dump((Evil(),), f)
+    with pytest.raises(DataError, match="refusing to load posix.system"):
+        bp.data.nielsen_pickle(evil)
+
+
+def test_bundled_digits_and_spirals():
+    (x, y), (xt, yt) = bp.data.digits("train"), bp.data.digits("test")
+    assert x.shape == (1437, 64) and xt.shape == (360, 64) and x.max() == 1.0
+    assert set(np.unique(y)) == set(np.unique(yt)) == set(range(10))
+    points, labels = bp.data.spirals(150)
+    assert points.shape == (300, 2) and labels.sum() == 150
+
+
+def test_batches_shuffle_indices_reproducibly(backend):
+    x, y = np.arange(20.0).reshape(10, 2), np.arange(10)
+    bp.manual_seed(5)
+    first = [bp.to_numpy(b) for _, b in bp.data.Batches(x, y, 3)]
+    bp.manual_seed(5)
+    second = [bp.to_numpy(b) for _, b in bp.data.Batches(x, y, 3)]
+    assert [a.tolist() for a in first] == [b.tolist() for b in second]
+    assert sorted(np.concatenate(first).tolist()) == list(range(10)) and [len(a) for a in first] == [3, 3, 3, 1]
+    batches = bp.data.Batches(x, y, 3, drop_last=True)
+    assert len(batches) == 3 and batches.num_samples == 9
+    for inputs, targets in batches:
+        assert bp.to_numpy(inputs)[:, 0].tolist() == (2 * bp.to_numpy(targets)).tolist()
+    with pytest.raises(ValueError, match="10 inputs but 9 targets"):
+        bp.data.Batches(x, y[:9], 3)

@@ -1,0 +1,95 @@
+"""Modules: reflection, state dicts, modes, moving between backends, initializers, errors."""
+
+import numpy as np
+import pytest
+
+import backprop as bp
+from backprop import nn
+
+
+def _model():
+    bp.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Dropout(0.5), nn.Linear(4, 3, bias=False))
+
+
+def test_parameters_are_found_by_reflection_with_dotted_names():
+    class Net(nn.Module):
+        def __init__(self):
+            self.encoder = _model()
+            self.head = nn.Linear(3, 2)
+
+    names = [name for name, _ in Net().named_parameters()]
+    assert names == ["encoder.0.weight", "encoder.0.bias", "encoder.3.weight", "head.weight", "head.bias"]
+
+
+def test_state_dict_round_trip_and_mismatches():
+    source, target = _model(), nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Dropout(0.5), nn.Linear(4, 3, bias=False))
+    target.load_state_dict(source.state_dict())
+    for (name, a), (_, b) in zip(source.named_parameters(), target.named_parameters()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), strict=True, err_msg=name)
+    state = source.state_dict()
+    with pytest.raises(KeyError, match=r"missing \['3.weight'\], unexpected \['3.weights'\]"):
+        target.load_state_dict({**{k: v for k, v in state.items() if k != "3.weight"}, "3.weights": state["3.weight"]})
+    with pytest.raises(ValueError, match=r"parameter '0.bias': state dict has shape \(5,\), model has \(4,\)"):
+        target.load_state_dict({**state, "0.bias": np.zeros(5)})
+
+
+def test_zero_grad_train_eval_and_dropout(backend):
+    model = _model()
+    x = bp.randn(8, 5)
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    model.eval()
+    assert not model[2].training
+    np.testing.assert_array_equal(model(x).numpy(), model(x).numpy())  # no dropout in eval
+    model.train()
+    dropped = nn.Dropout(0.5)(bp.ones(200, 50)).numpy()
+    assert set(np.unique(dropped)) == {0.0, 2.0} and 0.4 < (dropped == 0).mean() < 0.6
+
+
+def test_linear_rejects_wrong_input_shapes_naming_the_layer(backend):
+    layer = nn.Linear(784, 30)
+    with pytest.raises(
+        ValueError, match=r"Linear\(784, 30, bias=True\) expects input of shape \(batch, 784\), got \(10, 783\)"
+    ):
+        layer(bp.zeros(10, 783))
+
+
+def test_model_moves_between_backends(backend):
+    model = _model()
+    with bp.use_backend("numpy"):
+        x_host = bp.randn(3, 5).numpy()
+    expected = model.eval()(bp.tensor(x_host)).numpy()
+    model.to("numpy", dtype="float64")
+    assert all(isinstance(p.data, np.ndarray) and p.dtype == np.float64 for p in model.parameters())
+    with bp.use_backend("numpy"):
+        np.testing.assert_allclose(model(bp.tensor(x_host, dtype="float64")).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "init, std",
+    [("kaiming_normal", np.sqrt(2 / 400)), ("kaiming_normal_fan_out", np.sqrt(2 / 300)),
+     ("kaiming_uniform", np.sqrt(2 / 400)), ("glorot_normal", np.sqrt(2 / 700)),
+     ("glorot_uniform", np.sqrt(2 / 700)), ("standard_normal", 1.0)],
+)  # fmt: skip
+def test_initializers_have_the_right_spread(init, std):
+    bp.manual_seed(1)
+    layer = nn.Linear(400, 300, init=init)
+    weights = layer.weight.numpy()
+    assert weights.shape == (400, 300) and weights.flags["C_CONTIGUOUS"]
+    assert abs(weights.std() / std - 1) < 0.03
+    biases = layer.bias.numpy()
+    assert (biases.std() > 0.9) if init == "standard_normal" else not biases.any()
+
+
+def test_bad_configurations_are_named():
+    with pytest.raises(ValueError, match="unknown initializer 'he'"):
+        nn.Linear(2, 3, init="he")
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        nn.mlp([2, 3, 1], "swish")
+    with pytest.raises(ValueError, match="layer sizes must be two or more positive integers"):
+        nn.mlp([2])
+    with pytest.raises(TypeError, match="Sequential: item 1 is a function"):
+        nn.Sequential(nn.ReLU(), bp.relu)
