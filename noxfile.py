@@ -14,12 +14,19 @@ import nox
 nox.options.sessions = ["tests", "lint"]
 nox.options.default_venv_backend = "venv"
 
-TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "threadpoolctl>=3.5", "array-api-strict>=2.3", "matplotlib>=3.8", "tqdm>=4.60"]
+TEST_DEPS = [
+    "pytest>=8",
+    "hypothesis>=6.100",
+    "threadpoolctl>=3.5",
+    "array-api-strict>=2.3",
+    "matplotlib>=3.8",
+    "tqdm>=4.60",
+]
 EXTRAS = {"numpy": [], "array_api_strict": [], "torch": ["torch==2.13.0"], "jax": ["jax>=0.4.32"]}
 
 
-def _run_tests(session, backend: str, blas: str, threads: int | None) -> None:
-    env = {"BACKPROP_TEST_BACKENDS": backend}
+def _run_tests(session, backend: str, blas: str, threads: int | None, full_examples: bool = False) -> None:
+    env = {"BACKPROP_TEST_BACKENDS": backend, "BACKPROP_FULL_EXAMPLES": "1" if full_examples else "0"}
     if threads is not None:
         env.update(OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     expected = threads or os.cpu_count()
@@ -43,7 +50,8 @@ def tests(session, backend, threads):
     if backend == "cupy":
         _install_cupy_or_skip(session)
     session.install("-e", ".", *TEST_DEPS, *EXTRAS.get(backend, []))
-    _run_tests(session, backend, "openblas", threads)
+    # the examples' full MNIST runs (accuracy thresholds) once, in the first session
+    _run_tests(session, backend, "openblas", threads, full_examples=backend == "numpy" and threads is None)
 
 
 def _install_cupy_or_skip(session) -> None:

@@ -124,3 +124,23 @@ class AdamW(Adam):
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+
+class ExponentialDecay:
+    """A `fit` callback that multiplies the optimizer's learning rate by `gamma` after each epoch.
+
+    >>> import backprop as bp
+    >>> opt = bp.optim.SGD([bp.nn.Parameter(bp.zeros(1).data)], lr=1.0)
+    >>> schedule = bp.optim.ExponentialDecay(opt, gamma=0.5)
+    >>> schedule.on_epoch_end(None, {}), opt.lr
+    (False, 0.5)
+    """
+
+    def __init__(self, optimizer: Optimizer, gamma: float):
+        if not 0 < gamma <= 1:
+            raise ValueError(f"decay factor gamma must be in (0, 1], got {gamma}")
+        self.optimizer, self.gamma = optimizer, gamma
+
+    def on_epoch_end(self, model, record) -> bool:
+        self.optimizer.lr *= self.gamma
+        return False

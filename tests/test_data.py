@@ -91,11 +91,13 @@ def test_unreachable_mirrors_say_where_to_put_the_files(tmp_path, monkeypatch):
         sources.fetch("toy", "f.gz", "0" * 32, [], download=False)
 
 
-def test_a_corrupt_local_file_is_a_checksum_error(tmp_path):
+def test_a_corrupt_local_file_is_a_checksum_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("BACKPROP_DATA_DIR", raising=False)
     (tmp_path / "mnist").mkdir()
     (tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01" + bytes(8)))
-    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz: checksum mismatch"):
-        bp.data.mnist("test", data_dir=tmp_path, download=False)
+    checksum = bp.data.mnist_checksums["mnist"]["t10k-labels-idx1-ubyte.gz"]
+    with pytest.raises(DataError, match=r"mnist/t10k-labels-idx1-ubyte.gz: checksum mismatch"):
+        sources.fetch("mnist", "t10k-labels-idx1-ubyte.gz", checksum, [], data_dir=tmp_path, download=False)
 
 
 @needs_mnist

@@ -2,11 +2,23 @@
 
 from backprop.data.batches import Batches
 from backprop.data.idx import IDXError, read_idx
+from backprop.data.mnist import CHECKSUMS as mnist_checksums
 from backprop.data.mnist import fashion_mnist, mnist, nielsen_pickle
 from backprop.data.small import digits, spirals
 from backprop.data.sources import DataError
 
 DATASETS = {"digits": digits, "mnist": mnist, "fashion-mnist": fashion_mnist}
 
-__all__ = ["Batches", "DATASETS", "DataError", "IDXError", "digits", "fashion_mnist", "mnist", "nielsen_pickle",
-           "read_idx", "spirals"]  # fmt: skip
+__all__ = [
+    "Batches",
+    "DATASETS",
+    "DataError",
+    "IDXError",
+    "digits",
+    "fashion_mnist",
+    "mnist",
+    "mnist_checksums",
+    "nielsen_pickle",
+    "read_idx",
+    "spirals",
+]
