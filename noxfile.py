@@ -92,3 +92,10 @@ def lint(session):
     session.install("ruff>=0.5")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def bench(session):
+    """The benchmark suite (S, L, AE, layer) at 1 and all threads; pass options after --."""
+    session.install("-e", ".", "threadpoolctl>=3.5", "matplotlib>=3.8", "array-api-strict>=2.3", *EXTRAS["torch"])
+    session.run("backprop", "bench", *session.posargs)

@@ -74,7 +74,7 @@ def _namespace(name: str):
         if name == "jax":  # without this JAX silently turns float64 data into float32
             importlib.import_module("jax").config.update("jax_enable_x64", True)
         module = importlib.import_module(_MODULES[name])
-        return array_namespace(module.asarray([0.0]))
+        return namespace_of(module.asarray([0.0]))
     except ImportError as error:
         raise BackendError(
             f"backend {name!r} is not installed ({error}); installed backends: {', '.join(installed_backends())}"
@@ -83,12 +83,20 @@ def _namespace(name: str):
         raise BackendError(f"backend {name!r} is installed but cannot create an array here: {error}") from error
 
 
+def namespace_of(array):
+    """The array namespace of `array`: NumPy itself for NumPy arrays (NumPy 2 implements the
+    standard, and skipping the compatibility wrappers saves a call per op), else array-api-compat's."""
+    if isinstance(array, (np.ndarray, np.generic)):
+        return np
+    return array_namespace(array)
+
+
 def make_backend(name: str, device=None) -> Backend:
     """Resolve `name` (and `device`) into a Backend, importing its library."""
     return Backend(name, _namespace(name), device)
 
 
-_default = Backend("numpy", array_namespace(np.empty(0)))
+_default = Backend("numpy", np)
 _scoped: contextvars.ContextVar[Backend | None] = contextvars.ContextVar("backprop_backend", default=None)
 
 

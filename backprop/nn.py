@@ -155,9 +155,10 @@ class Linear(Module):
             self.bias = Parameter(backend.asarray(host.astype(dtype)))
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"{self!r} expects input of shape (batch, {self.in_features}), got {x.shape}")
-        return ops.linear(x, self.weight, self.bias)
+        try:
+            return ops.linear(x, self.weight, self.bias)
+        except ValueError:  # name the layer, not just the op
+            raise ValueError(f"{self!r} expects input of shape (batch, {self.in_features}), got {x.shape}") from None
 
     def __repr__(self) -> str:
         return f"Linear({self.in_features}, {self.out_features}, bias={self.bias is not None})"

@@ -22,16 +22,8 @@ from backprop.backend import to_numpy
 from backprop.tensor import Tensor
 
 
-def _subtract(p: Tensor, delta) -> None:
-    """p -= delta, in place unless the backend's arrays are immutable."""
-    if is_jax_namespace(p.xp):
-        p.data = p.data - delta
-    else:
-        p.data -= delta
-
-
 class Optimizer:
-    """Holds the parameters and per-parameter state; subclasses define `_update`."""
+    """Holds the parameters and per-parameter state; subclasses define `_delta`."""
 
     def __init__(self, params, lr: float):
         self.params = list(params)
@@ -42,6 +34,7 @@ class Optimizer:
         self.lr = lr
         self.state: list[dict] = [{} for _ in self.params]
         self.steps = 0
+        self._immutable = [is_jax_namespace(p.xp) for p in self.params]  # JAX: rebind, never write
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -49,11 +42,16 @@ class Optimizer:
 
     def step(self) -> None:
         self.steps += 1
-        for p, state in zip(self.params, self.state):
+        for p, state, immutable in zip(self.params, self.state, self._immutable):
             if p.grad is not None:
-                self._update(p, p.grad, state)
+                delta = self._delta(p, p.grad, state)
+                if immutable:
+                    p.data = p.data - delta
+                else:
+                    p.data -= delta
 
-    def _update(self, p: Tensor, grad, state: dict) -> None:
+    def _delta(self, p: Tensor, grad, state: dict):
+        """What to subtract from `p` this step."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -79,7 +77,7 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
 
-    def _update(self, p, grad, state):
+    def _delta(self, p, grad, state):
         if self.weight_decay:
             grad = grad + self.weight_decay * p.data
         if self.momentum:
@@ -87,7 +85,7 @@ class SGD(Optimizer):
             velocity = grad if velocity is None else self.momentum * velocity + grad
             state["velocity"] = velocity
             grad = grad + self.momentum * velocity if self.nesterov else velocity
-        _subtract(p, self.lr * grad)
+        return self.lr * grad
 
 
 class Adam(Optimizer):
@@ -100,7 +98,7 @@ class Adam(Optimizer):
         self.beta1, self.beta2 = betas
         self.eps, self.weight_decay = eps, weight_decay
 
-    def _update(self, p, grad, state):
+    def _delta(self, p, grad, state):
         xp = p.xp
         if self.weight_decay and not self.decoupled:
             grad = grad + self.weight_decay * p.data
@@ -111,7 +109,7 @@ class Adam(Optimizer):
         delta = step_size * m / (xp.sqrt(v) + self.eps * math.sqrt(1 - self.beta2**self.steps))
         if self.weight_decay and self.decoupled:
             delta = delta + self.lr * self.weight_decay * p.data
-        _subtract(p, delta)
+        return delta
 
 
 class AdamW(Adam):

@@ -13,12 +13,15 @@ retain it, and no node points back at its own output, so a graph dies without th
 from __future__ import annotations
 
 import contextvars
+import itertools
+from operator import attrgetter
 
-from array_api_compat import array_namespace, device, is_array_api_obj
+from array_api_compat import device, is_array_api_obj
 
-from backprop.backend import backend_name, get_backend, to_numpy
+from backprop.backend import backend_name, get_backend, namespace_of, to_numpy
 
 _grad_enabled = contextvars.ContextVar("backprop_grad_enabled", default=True)
+_sequence = itertools.count()  # creation order of graph nodes: parents always come before children
 
 
 class Tensor:
@@ -27,7 +30,7 @@ class Tensor:
     `data` is the backend array; `grad` (after `backward`) is a backend array of the same shape.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "xp", "_parents", "_backward", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "xp", "_parents", "_backward", "_sequence", "__weakref__")
     __array_priority__ = 1000  # NumPy defers `ndarray + Tensor` to Tensor.__radd__
 
     def __init__(self, data, requires_grad: bool = False):
@@ -37,7 +40,7 @@ class Tensor:
             backend = get_backend()
             data = backend.asarray(data, dtype=backend.float_dtype if _is_float_data(data) else None)
         self.data = data
-        self.xp = array_namespace(data)
+        self.xp = namespace_of(data)
         self.grad = None
         self._parents = ()
         self._backward = None
@@ -116,14 +119,17 @@ def result(data, xp, parents: tuple, backward) -> Tensor:
     out.data = data
     out.xp = xp
     out.grad = None
-    if _grad_enabled.get() and any(p.requires_grad for p in parents):
-        out.requires_grad = True
-        out._parents = parents
-        out._backward = backward
-    else:
-        out.requires_grad = False
-        out._parents = ()
-        out._backward = None
+    out.requires_grad = False
+    out._parents = ()
+    out._backward = None
+    if _grad_enabled.get():
+        for parent in parents:
+            if parent.requires_grad:
+                out.requires_grad = True
+                out._parents = parents
+                out._backward = backward
+                out._sequence = next(_sequence)
+                break
     return out
 
 
@@ -144,24 +150,28 @@ def _graph_freed(grad):
 
 
 def _topological_order(root: Tensor):
-    """Nodes from `root` back to the leaves, each before its parents, and the leaves by id."""
-    order, leaves, seen = [], {}, set()
-    stack = [(root, False)]
+    """The nodes behind `root`, oldest first (pop from the end to go from `root` back to the
+    leaves, each node before its parents), and the leaves by id.
+
+    Every node is newer than its parents, so creation order is a topological order of the graph.
+    """
+    nodes, leaves, seen = [], {}, {id(root)}
+    stack = [root]
     while stack:
-        node, parents_done = stack.pop()
-        if parents_done:
-            order.append(node)
-            continue
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
+        node = stack.pop()
         if node._backward is None:
             leaves[id(node)] = node
             continue
-        stack.append((node, True))
-        stack.extend((p, False) for p in node._parents if p.requires_grad and id(p) not in seen)
-    order.reverse()
-    return order, leaves
+        nodes.append(node)
+        for parent in node._parents:
+            if parent.requires_grad and id(parent) not in seen:
+                seen.add(id(parent))
+                stack.append(parent)
+    nodes.sort(key=_by_sequence)
+    return nodes, leaves
+
+
+_by_sequence = attrgetter("_sequence")
 
 
 def _backpropagate(root: Tensor, grad, retain_graph: bool, wanted):
@@ -176,19 +186,19 @@ def _backpropagate(root: Tensor, grad, retain_graph: bool, wanted):
         grad = grad.data if isinstance(grad, Tensor) else grad
         if tuple(grad.shape) != root.shape:
             raise ValueError(f"gradient of shape {tuple(grad.shape)} given for an output of shape {root.shape}")
-    order, leaves = _topological_order(root)
+    pending, leaves = _topological_order(root)
     grads, kept = {id(root): grad}, {}
-    for i, node in enumerate(order):
-        order[i] = None  # let intermediate tensors go as soon as they are done
+    while pending:
+        node = pending.pop()  # popped, so an intermediate tensor can go as soon as it is done
         g = grads.pop(id(node), None)
         if g is None:
             continue
-        if id(node) in wanted:
+        if wanted and id(node) in wanted:
             kept[id(node)] = g
         for parent, pg in zip(node._parents, node._backward(g)):
             if pg is None or not parent.requires_grad:
                 continue
-            if tuple(pg.shape) != tuple(parent.data.shape):
+            if pg.shape != parent.data.shape:
                 pg = unbroadcast(node.xp, pg, tuple(parent.data.shape))
             key = id(parent)
             grads[key] = grads[key] + pg if key in grads else pg

@@ -1,4 +1,6 @@
-"""Shared by the examples: MNIST as one-hot float64 (Nielsen's setting) and a result line."""
+"""Shared by the examples: Nielsen's training setting, MNIST as one-hot float64, a result line."""
+
+import sys
 
 import numpy as np
 
@@ -35,3 +37,15 @@ class StopAt:
 
     def on_epoch_end(self, model, record) -> bool:
         return record["val_accuracy"] >= self.target
+
+
+def fit_sigmoid_quadratic(sizes, batch_size: int, init: str, epochs: int, limit=None, stop_at=None, seed: int = 0):
+    """Nielsen's setting: sigmoid layers, quadratic cost, SGD with lr 3.0, float64, one-hot targets."""
+    bp.manual_seed(seed)
+    train, test = mnist_one_hot(limit=limit)
+    model = bp.nn.mlp(sizes, "sigmoid", output_activation="sigmoid", init=init, dtype="float64")
+    optimizer = bp.optim.SGD(model.parameters(), lr=3.0)
+    callbacks = [StopAt(stop_at)] if stop_at else []
+    history = bp.fit(model, bp.losses.quadratic_loss, optimizer, train, epochs, batch_size, validation=test,
+                     callbacks=callbacks, progress=sys.stdout.isatty())  # fmt: skip
+    return model, history

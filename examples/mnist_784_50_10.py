@@ -8,21 +8,14 @@ at this learning rate (85.6% after 10 epochs, seed 0); scaled weights reach 95% 
 """
 
 import argparse
-import sys
 
-from _common import StopAt, mnist_one_hot, report
+from _common import fit_sigmoid_quadratic, report
 
 import backprop as bp
 
 
 def main(epochs: int = 10, limit: int | None = None, stop_at: float | None = None, plot=None, seed: int = 0) -> dict:
-    bp.manual_seed(seed)
-    train, test = mnist_one_hot(limit=limit)
-    model = bp.nn.mlp([784, 50, 10], "sigmoid", output_activation="sigmoid", init="glorot_normal", dtype="float64")
-    optimizer = bp.optim.SGD(model.parameters(), lr=3.0)
-    callbacks = [StopAt(stop_at)] if stop_at else []
-    history = bp.fit(model, bp.losses.quadratic_loss, optimizer, train, epochs, batch_size=8, validation=test,
-                     callbacks=callbacks, progress=sys.stdout.isatty())  # fmt: skip
+    model, history = fit_sigmoid_quadratic([784, 50, 10], 8, "glorot_normal", epochs, limit, stop_at, seed)
     if plot:
         bp.plots.plot_training(history, model, plot, title="MNIST 784-50-10, sigmoid, batch 8, lr 3.0")
     return report("784-50-10", history)

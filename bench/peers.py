@@ -1,0 +1,159 @@
+"""The peers backprop is measured against, each one training step (or gradient) of a config.
+
+- loop: the textbook per-sample implementation (Nielsen's network.py shape: outer products);
+- numpy: the hand-vectorized NumPy step, the floor for array code;
+- gemm: only the matrix products of that step, the physical bound where BLAS dominates;
+- torch: PyTorch eager, the way its tutorials train.
+Weights are (in, out) and rows are samples throughout, as in backprop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def sigmoid(z):
+    return 0.5 * np.tanh(0.5 * z) + 0.5
+
+
+def init_mlp(sizes, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    params = []
+    for n_in, n_out in zip(sizes, sizes[1:]):
+        weights = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(dtype)
+        params += [weights, np.zeros(n_out, dtype)]
+    return params
+
+
+# --- S: sigmoid layers, quadratic cost, SGD ---
+
+
+def sigmoid_loop_step(params, x, y, lr):
+    """Per sample: forward, backward with outer products, summed; then one update (Nielsen)."""
+    w1, b1, w2, b2 = params
+    grads = [np.zeros_like(p) for p in params]
+    for xi, yi in zip(x, y):
+        a1 = sigmoid(xi @ w1 + b1)
+        a2 = sigmoid(a1 @ w2 + b2)
+        d2 = (a2 - yi) * a2 * (1 - a2)
+        d1 = (w2 @ d2) * a1 * (1 - a1)
+        for g, update in zip(grads, (np.outer(xi, d1), d1, np.outer(a1, d2), d2)):
+            g += update
+    for p, g in zip(params, grads):
+        p -= (lr / len(x)) * g
+
+
+def sigmoid_numpy_step(params, x, y, lr):
+    w1, b1, w2, b2 = params
+    a1 = sigmoid(x @ w1 + b1)
+    a2 = sigmoid(a1 @ w2 + b2)
+    d2 = (a2 - y) * a2 * (1 - a2) / len(x)
+    d1 = (d2 @ w2.T) * a1 * (1 - a1)
+    w2 -= lr * (a1.T @ d2)
+    b2 -= lr * d2.sum(axis=0)
+    w1 -= lr * (x.T @ d1)
+    b1 -= lr * d1.sum(axis=0)
+
+
+# --- L: ReLU layers, softmax cross-entropy, SGD ---
+
+
+def relu_numpy_step(params, x, labels, lr):
+    activations, zs = [x], []
+    for i in range(0, len(params), 2):
+        z = activations[-1] @ params[i] + params[i + 1]
+        zs.append(z)
+        activations.append(np.maximum(z, 0) if i < len(params) - 2 else z)
+    logits = activations[-1]
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(x)), labels] -= 1
+    delta = p / len(x)
+    for i in range(len(params) - 2, -1, -2):
+        grad_w, grad_b = activations[i // 2].T @ delta, delta.sum(axis=0)
+        if i:
+            delta = (delta @ params[i].T) * (zs[i // 2 - 1] > 0)
+        params[i] -= lr * grad_w
+        params[i + 1] -= lr * grad_b
+
+
+def gemm_only_step(params, x, _y, _lr):
+    """The matrix products of one MLP step: forward, and backward without the input's gradient."""
+    weights = params[0::2]
+    activations = [x]
+    for w in weights:
+        activations.append(activations[-1] @ w)
+    delta = activations[-1]
+    for i in range(len(weights) - 1, -1, -1):
+        activations[i].T @ delta
+        if i:
+            delta = delta @ weights[i].T
+
+
+# --- PyTorch eager ---
+
+
+def torch_step_factory(sizes, activation: str, loss: str, dtype, lr, params):
+    """A PyTorch eager training step with the same initial weights."""
+    import torch
+
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+        linear = torch.nn.Linear(n_in, n_out, dtype=getattr(torch, dtype))
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(params[2 * i].T.copy()))
+            linear.bias.copy_(torch.from_numpy(params[2 * i + 1]))
+        layers.append(linear)
+        if activation == "sigmoid":
+            layers.append(torch.nn.Sigmoid())
+        elif i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    cross_entropy = torch.nn.CrossEntropyLoss()
+
+    def step(x, y):
+        optimizer.zero_grad()
+        out = model(x)
+        value = ((out - y) ** 2).sum() / (2 * len(x)) if loss == "quadratic" else cross_entropy(out, y)
+        value.backward()
+        optimizer.step()
+
+    return step
+
+
+# --- AE: the sparse-autoencoder gradient, hand-vectorized ---
+
+
+def sparse_ae_numpy_gradient(w1, b1, w2, b2, x, rho, beta, lam):
+    """The vectorized form of the UFLDL formula (the loop form is examples/sparse_autoencoder.py)."""
+    m = len(x)
+    a2 = sigmoid(x @ w1 + b1)
+    a3 = sigmoid(a2 @ w2 + b2)
+    rho_hat = a2.mean(axis=0)
+    d3 = (a3 - x) * a3 * (1 - a3)
+    d2 = (d3 @ w2.T + beta * (-rho / rho_hat + (1 - rho) / (1 - rho_hat))) * a2 * (1 - a2)
+    return [x.T @ d2 / m + lam * w1, d2.sum(axis=0) / m, a2.T @ d3 / m + lam * w2, d3.sum(axis=0) / m]
+
+
+# --- layer backward: Linear-ReLU-Linear, forward and backward for a given upstream gradient ---
+
+
+def layer_numpy(w1, b1, w2, b2, x, upstream):
+    z = x @ w1 + b1
+    h = np.maximum(z, 0)
+    _ = h @ w2 + b2
+    dz = (upstream @ w2.T) * (z > 0)
+    return x.T @ dz, dz.sum(axis=0), h.T @ upstream, upstream.sum(axis=0)
+
+
+def layer_outer_loop(w1, b1, w2, b2, x, upstream):
+    """The weight gradients as a sum of per-sample outer products (the naive version)."""
+    grads = [np.zeros_like(p) for p in (w1, b1, w2, b2)]
+    for xi, gi in zip(x, upstream):
+        z = xi @ w1 + b1
+        h = np.maximum(z, 0)
+        dz = (w2 @ gi) * (z > 0)
+        for g, update in zip(grads, (np.outer(xi, dz), dz, np.outer(h, gi), gi)):
+            g += update
+    return grads
