@@ -133,6 +133,11 @@ def backend_name(xp) -> str:
     return "jax" if name.startswith("jax") else name
 
 
+def dtype_name(dtype) -> str:
+    """A dtype of any backend (or its name) as a plain name: ``torch.float32`` -> ``"float32"``."""
+    return dtype if isinstance(dtype, str) else str(dtype).rsplit(".", 1)[-1]
+
+
 def to_numpy(array) -> np.ndarray:
     """Copy any backend's array to a host NumPy array."""
     if isinstance(array, (np.ndarray, np.generic)):  # NumPy gives scalars for 0-d results

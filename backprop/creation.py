@@ -12,16 +12,12 @@ same values on every backend.
 
 from __future__ import annotations
 
-from backprop.backend import get_backend, host_rng
+from backprop.backend import dtype_name, get_backend, host_rng
 from backprop.tensor import Tensor
 
 
 def _shape(shape) -> tuple:
     return tuple(shape[0]) if len(shape) == 1 and not isinstance(shape[0], int) else tuple(shape)
-
-
-def _dtype_name(dtype) -> str:
-    return dtype if isinstance(dtype, str) else str(dtype).rsplit(".", 1)[-1]
 
 
 def tensor(data, dtype=None, requires_grad: bool = False) -> Tensor:
@@ -37,23 +33,23 @@ def tensor(data, dtype=None, requires_grad: bool = False) -> Tensor:
 
 def zeros(*shape, dtype="float32", requires_grad: bool = False) -> Tensor:
     backend = get_backend()
-    data = backend.xp.zeros(_shape(shape), dtype=getattr(backend.xp, _dtype_name(dtype)), device=backend.device)
+    data = backend.xp.zeros(_shape(shape), dtype=getattr(backend.xp, dtype_name(dtype)), device=backend.device)
     return Tensor(data, requires_grad=requires_grad)
 
 
 def ones(*shape, dtype="float32", requires_grad: bool = False) -> Tensor:
     backend = get_backend()
-    data = backend.xp.ones(_shape(shape), dtype=getattr(backend.xp, _dtype_name(dtype)), device=backend.device)
+    data = backend.xp.ones(_shape(shape), dtype=getattr(backend.xp, dtype_name(dtype)), device=backend.device)
     return Tensor(data, requires_grad=requires_grad)
 
 
 def randn(*shape, dtype="float32", requires_grad: bool = False) -> Tensor:
     """Standard-normal samples (`bp.manual_seed` makes them reproducible)."""
-    host = host_rng().standard_normal(_shape(shape)).astype(_dtype_name(dtype))
+    host = host_rng().standard_normal(_shape(shape)).astype(dtype_name(dtype))
     return Tensor(get_backend().asarray(host), requires_grad=requires_grad)
 
 
 def rand(*shape, dtype="float32", requires_grad: bool = False) -> Tensor:
     """Uniform samples in [0, 1)."""
-    host = host_rng().random(_shape(shape)).astype(_dtype_name(dtype))
+    host = host_rng().random(_shape(shape)).astype(dtype_name(dtype))
     return Tensor(get_backend().asarray(host), requires_grad=requires_grad)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backprop.backend import to_numpy
+from backprop.backend import dtype_name, to_numpy
 from backprop.tensor import Tensor, grad, no_grad
 
 
@@ -41,14 +41,14 @@ def gradcheck(fn, *inputs: Tensor, eps: float = 1e-6, atol=None, rtol=None, seed
     wanted = [i for i, t in enumerate(inputs) if t.requires_grad]
     if not wanted:
         raise ValueError("gradcheck: no input requires a gradient")
-    dtype_name = str(inputs[wanted[0]].dtype).rsplit(".", 1)[-1]
-    default_atol, default_rtol = TOLERANCES.get(dtype_name, TOLERANCES["float32"])
+    dtype = dtype_name(inputs[wanted[0]].dtype)
+    default_atol, default_rtol = TOLERANCES.get(dtype, TOLERANCES["float32"])
     atol = default_atol if atol is None else atol
     rtol = default_rtol if rtol is None else rtol
 
     out = fn(*inputs)
     upstream = np.asarray(np.random.default_rng(seed).standard_normal(out.shape))
-    analytical = grad(out, [inputs[i] for i in wanted], grad_output=_on_backend(upstream.astype(dtype_name), out))
+    analytical = grad(out, [inputs[i] for i in wanted], grad_output=_on_backend(upstream.astype(dtype), out))
 
     with no_grad():
         doubles = [_as_float64(t) for t in inputs]

@@ -14,7 +14,7 @@ Conventions (rows of `pred` are samples; N is the batch size):
 
 from __future__ import annotations
 
-from array_api_compat import is_cupy_namespace
+from array_api_compat import device, is_cupy_array
 
 from backprop import ops
 from backprop.tensor import Tensor, result
@@ -66,6 +66,14 @@ def binary_cross_entropy_with_logits(logits: Tensor, target) -> Tensor:
     return result(loss, xp, (logits,), lambda g: (g * (ops.sigmoid(Tensor(Z)).data - T) / count,))
 
 
+def _on_host(array) -> bool:
+    """Whether reading `array`'s values costs no device synchronization."""
+    if is_cupy_array(array):
+        return False
+    place = str(device(array)).lower()
+    return not any(gpu in place for gpu in ("cuda", "gpu", "rocm", "mps"))
+
+
 def _as_distribution(target, logits: Tensor):
     """Integer labels (N,) become one-hot rows; (N, C) targets are used as given."""
     xp, n_classes = logits.xp, logits.shape[-1]
@@ -75,7 +83,7 @@ def _as_distribution(target, logits: Tensor):
             raise TypeError(f"class labels must be integers, got {T.dtype}")
         if T.shape[0] != logits.shape[0]:
             raise ValueError(f"{T.shape[0]} labels for a batch of {logits.shape[0]} predictions")
-        if not is_cupy_namespace(xp):  # on a GPU this check would cost a sync every step
+        if _on_host(T):  # on a GPU this check would cost a device sync every step
             low, high = int(xp.min(T)), int(xp.max(T))
             if low < 0 or high >= n_classes:
                 raise ValueError(f"labels must be in 0..{n_classes - 1} for {n_classes} outputs, found {low}..{high}")

@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from backprop import ops
-from backprop.backend import get_backend, host_rng, make_backend, to_numpy
+from backprop.backend import dtype_name, get_backend, host_rng, make_backend, to_numpy
 from backprop.tensor import Tensor
 
 
@@ -87,7 +87,7 @@ class Module:
             host = to_numpy(state[name])
             if tuple(host.shape) != p.shape:
                 raise ValueError(f"parameter {name!r}: state dict has shape {tuple(host.shape)}, model has {p.shape}")
-            p.data = p.xp.asarray(host.astype(_dtype_name(p.dtype)), device=p.device)
+            p.data = p.xp.asarray(host.astype(dtype_name(p.dtype)), device=p.device)
 
     def to(self, backend: str | None = None, device=None, dtype: str | None = None) -> Module:
         """Move every parameter to another backend and/or device and/or floating dtype (in place)."""
@@ -105,10 +105,6 @@ class Module:
     def __repr__(self) -> str:
         inner = ", ".join(f"{name}={child!r}" for name, child in self.children())
         return f"{type(self).__name__}({inner})"
-
-
-def _dtype_name(dtype) -> str:
-    return str(dtype).rsplit(".", 1)[-1]
 
 
 # --- initializers: host arrays drawn from the seeded generator, fan_in = in_features ---
@@ -212,7 +208,7 @@ class Dropout(Module):
         if not self.training or self.p == 0:
             return x
         keep = host_rng().random(x.shape) >= self.p
-        scale = (keep / (1 - self.p)).astype(_dtype_name(x.dtype))
+        scale = (keep / (1 - self.p)).astype(dtype_name(x.dtype))
         return x * Tensor(x.xp.asarray(scale, device=x.device))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backprop.backend import get_backend, to_numpy
+from backprop.backend import dtype_name, get_backend, to_numpy
 from backprop.io import _atomic_write
 
 
@@ -75,7 +75,7 @@ def plot_decision_boundary(model, points, labels, path, resolution: int = 200) -
     points, labels = np.asarray(points), np.asarray(labels)
     low, high = points.min(axis=0) - 0.1, points.max(axis=0) + 0.1
     gx, gy = np.meshgrid(np.linspace(low[0], high[0], resolution), np.linspace(low[1], high[1], resolution))
-    grid = np.stack([gx.ravel(), gy.ravel()], axis=1).astype(str(model.parameters()[0].dtype).rsplit(".", 1)[-1])
+    grid = np.stack([gx.ravel(), gy.ravel()], axis=1).astype(dtype_name(model.parameters()[0].dtype))
     out = to_numpy(predict(model, get_backend().asarray(grid)))
     score = out[:, 0] if out.shape[1] == 1 else out[:, 1] - out[:, 0]
     fig, ax = plt.subplots(figsize=(5.5, 5))

@@ -6,8 +6,6 @@ seeded host generator, and a batch is `take` of those indices, or a plain slice 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from backprop.backend import get_backend, host_rng
@@ -56,7 +54,3 @@ class Batches:
     @property
     def num_samples(self) -> int:
         return min(self.n, len(self) * self.batch_size) if self.drop_last else self.n
-
-
-def batch_count(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size)
