@@ -1,7 +1,7 @@
 """Saving weights and checkpoints: `.npz` or `.safetensors` (never pickle), written atomically.
 
-A file is written beside its target under a temporary name and renamed over it only once
-complete, so an interrupted save never replaces a good file with half of one.
+Files are written through `backprop.files.atomic_write`: an interrupted save never replaces a
+good file with half of one.
 
 >>> import os, tempfile, backprop as bp
 >>> model = bp.nn.Linear(3, 2)
@@ -13,28 +13,13 @@ complete, so an interrupted save never replaces a good file with half of one.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from backprop.backend import get_rng_state, set_rng_state, to_numpy
-
-
-def _atomic_write(path, write) -> None:
-    """Call `write(file)` on a temporary file beside `path`, then rename it to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            write(f)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+from backprop.files import atomic_write
 
 
 def _save_arrays(path, arrays: dict) -> None:
@@ -44,9 +29,9 @@ def _save_arrays(path, arrays: dict) -> None:
         except ImportError as error:
             raise ImportError("saving .safetensors needs the safetensors package (or use a .npz path)") from error
         blob = save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
-        _atomic_write(path, lambda f: f.write(blob))
+        atomic_write(path, lambda f: f.write(blob))
     elif str(path).endswith(".npz"):
-        _atomic_write(path, lambda f: np.savez(f, **arrays))
+        atomic_write(path, lambda f: np.savez(f, **arrays))
     else:
         raise ValueError(f"{path}: weights are saved as .npz or .safetensors; choose one of those suffixes")
 

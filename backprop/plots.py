@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from backprop.backend import dtype_name, get_backend, to_numpy
-from backprop.io import _atomic_write
+from backprop.files import atomic_write
 
 
 def _pyplot():
@@ -25,7 +25,7 @@ def _pyplot():
 
 def _save(fig, path) -> None:
     suffix = Path(path).suffix.lstrip(".") or "png"
-    _atomic_write(path, lambda f: fig.savefig(f, format=suffix, dpi=110, bbox_inches="tight"))
+    atomic_write(path, lambda f: fig.savefig(f, format=suffix, dpi=110, bbox_inches="tight"))
 
 
 def plot_training(history, model, path, title: str = "") -> None:

@@ -27,6 +27,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "examples")]
 import peers  # noqa: E402
 
 import backprop as bp  # noqa: E402
+from backprop.files import atomic_write  # noqa: E402
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 BACKENDS = [name for name in ("numpy", "torch", "array_api_strict") if name in bp.installed_backends()]
@@ -341,8 +342,8 @@ def write_results(results: dict, out: Path, name: str) -> None:
               f"Peak memory of one L step (NumPy, tracemalloc): {results['memory']['ratio']:.2f}x "
               "(parameters + gradients + optimizer state + one batch's activations)."]  # fmt: skip
     text = "\n".join(header + [format_run(run) for run in results["runs"]]) + "\n"
-    bp.io._atomic_write(out / f"{name}.md", lambda f: f.write(text.encode()))
-    bp.io._atomic_write(out / f"{name}.json", lambda f: f.write(json.dumps(results, indent=2).encode()))
+    atomic_write(out / f"{name}.md", lambda f: f.write(text.encode()))
+    atomic_write(out / f"{name}.json", lambda f: f.write(json.dumps(results, indent=2).encode()))
     try:
         _chart(results, out / f"{name}.png")
     except ImportError:

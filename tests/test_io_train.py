@@ -101,3 +101,15 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
     for a, b in zip(whole.parameters(), resumed.parameters()):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), strict=True)
     assert resumed_history["loss"] == whole_history["loss"]
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        bp.io.save_weights(_spiral_model(), tmp_path / "w.npz")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "w.npz").stat().st_mode) == 0o644

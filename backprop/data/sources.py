@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 from pathlib import Path
 
 from backprop.data.idx import read_content
+from backprop.files import atomic_write
 
 
 class DataError(RuntimeError):
@@ -66,21 +66,21 @@ def fetch(dataset: str, filename: str, checksum: str, mirrors, data_dir=None, do
 
 
 def _download(url: str, target: Path, checksum: str):
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
+    verified = {}
+
+    def write(out):
+        with urllib.request.urlopen(url, timeout=30) as response:
             total = int(response.headers.get("Content-Length") or 0)
             with _progress(total, target.name) as bar:
                 for chunk in iter(lambda: response.read(1 << 16), b""):
                     out.write(chunk)
                     bar.update(len(chunk))
-        content = _verified(Path(partial), checksum)
-        os.replace(partial, target)
-        return target, content
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+
+    def verify(partial):
+        verified["content"] = _verified(Path(partial), checksum)
+
+    atomic_write(target, write, verify)
+    return target, verified["content"]
 
 
 class _NoBar:
