@@ -35,18 +35,25 @@ def _constant(value, like: Tensor) -> Tensor:
     return Tensor(value)
 
 
+def _namespace(*tensors: Tensor):
+    """The one namespace of `tensors` (mixing backends is an error that names both)."""
+    xp = tensors[0].xp
+    for t in tensors[1:]:
+        if t is not None and t.xp is not xp:
+            raise TypeError(
+                f"cannot mix arrays of two backends ({backend_name(xp)} and {backend_name(t.xp)}): "
+                "create both on one backend"
+            )
+    return xp
+
+
 def _pair(a, b):
     """Both operands as tensors of one namespace."""
     if not isinstance(a, Tensor):
         a = _constant(a, b)
     elif not isinstance(b, Tensor):
         b = _constant(b, a)
-    if a.xp is not b.xp:
-        raise TypeError(
-            f"cannot mix arrays of two backends ({backend_name(a.xp)} and {backend_name(b.xp)}): "
-            "create both on one backend"
-        )
-    return a, b, a.xp
+    return a, b, _namespace(a, b)
 
 
 def _axes(axis, ndim: int) -> tuple:
@@ -139,7 +146,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     The input's gradient (a product as large as the weight's) is computed only when `x` needs one:
     a first layer's input is data.
     """
-    xp = x.xp
+    xp = _namespace(x, weight, bias)
     X, W = x.data, weight.data
     if X.ndim != 2 or W.ndim != 2 or X.shape[1] != W.shape[0]:
         raise ValueError(f"linear: input of shape {x.shape} does not fit a weight of shape {weight.shape}")
@@ -424,7 +431,7 @@ def take(x: Tensor, indices, axis: int = 0) -> Tensor:
 
 def concat(tensors, axis: int = 0) -> Tensor:
     tensors = tuple(tensors)
-    xp = tensors[0].xp
+    xp = _namespace(*tensors)
     axis %= tensors[0].ndim
     bounds, start = [], 0
     for t in tensors:
@@ -440,7 +447,7 @@ def concat(tensors, axis: int = 0) -> Tensor:
 
 def stack(tensors, axis: int = 0) -> Tensor:
     tensors = tuple(tensors)
-    xp = tensors[0].xp
+    xp = _namespace(*tensors)
     axis %= tensors[0].ndim + 1
     lead = (slice(None),) * axis
     out = xp.stack([t.data for t in tensors], axis=axis)

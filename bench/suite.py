@@ -30,7 +30,7 @@ import backprop as bp  # noqa: E402
 from backprop.files import atomic_write  # noqa: E402
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
-BACKENDS = [name for name in ("numpy", "torch", "array_api_strict") if name in bp.installed_backends()]
+BACKENDS = [name for name in ("numpy", "torch", "jax", "array_api_strict") if name in bp.installed_backends()]
 
 
 @dataclass

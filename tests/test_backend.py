@@ -62,8 +62,11 @@ def test_mixing_backends_is_a_clear_error():
     a = bp.tensor([1.0, 2.0])
     with bp.use_backend("array_api_strict"):
         b = bp.tensor([1.0, 2.0])
-    with pytest.raises(TypeError, match=r"cannot mix arrays of two backends \(numpy and array_api_strict\)"):
-        a + b
+    message = r"cannot mix arrays of two backends \(numpy and array_api_strict\)"
+    for mixed in (lambda: a + b, lambda: bp.linear(a[None, :], b[:, None]), lambda: bp.concat([a, b]),
+                  lambda: bp.stack([a, b]), lambda: bp.where(a > 0.0, a, b)):  # fmt: skip
+        with pytest.raises(TypeError, match=message):
+            mixed()
 
 
 def test_same_seed_same_parameters_on_every_backend(backend):
