@@ -23,6 +23,7 @@ import numpy as np
 from backprop.backend import to_numpy
 from backprop.data.batches import Batches
 from backprop.io import load_checkpoint, save_checkpoint
+from backprop.progress import progress_bar
 from backprop.tensor import Tensor, no_grad
 
 
@@ -94,45 +95,53 @@ def _check_finite(value: float, epoch: int, what: str) -> None:
         )
 
 
+class _Tally:
+    """Loss and correct predictions summed on the device, read once at the end."""
+
+    def __init__(self, xp, metrics):
+        self.xp, self.accuracy = xp, "accuracy" in metrics
+        self.loss, self.correct, self.count = 0.0, 0, 0
+
+    def add(self, loss, out, targets) -> None:
+        n = out.shape[0]
+        self.loss, self.count = self.loss + loss * n, self.count + n
+        if self.accuracy:
+            self.correct = self.correct + _correct(self.xp, out, targets)
+
+    def record(self) -> dict:
+        result = {"loss": float(to_numpy(self.loss)) / self.count}  # the one read from the device
+        if self.accuracy:
+            result["accuracy"] = float(to_numpy(self.correct)) / self.count
+        return result
+
+
 def _run_epoch(model, loss_fn, optimizer, batches: Batches, metrics, bar) -> dict:
-    xp = batches.xp
-    total_loss, correct = 0.0, 0
+    tally = _Tally(batches.xp, metrics)
     for inputs, targets in batches:
         out = model(Tensor(inputs))
         loss = loss_fn(out, targets)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        total_loss = total_loss + loss.data * inputs.shape[0]
-        if "accuracy" in metrics:
-            correct = correct + _correct(xp, out.data, targets)
+        tally.add(loss.data, out.data, targets)
         bar.update(1)
-    n = batches.num_samples
-    record = {"loss": float(to_numpy(total_loss)) / n}  # the epoch's one read from the device
-    if "accuracy" in metrics:
-        record["accuracy"] = float(to_numpy(correct)) / n
-    return record
+    return tally.record()
 
 
 @no_grad()
 def evaluate(model, loss_fn, data, batch_size: int = 1000, metrics=("accuracy",)) -> dict:
     """Mean loss (and accuracy) over `data` = (inputs, targets) or Batches, in eval mode."""
     batches = _as_batches(data, batch_size, shuffle=False)
+    tally = _Tally(batches.xp, metrics)
     was_training = model.training
     model.eval()
-    total_loss, correct = 0.0, 0
     try:
         for inputs, targets in batches:
             out = model(Tensor(inputs))
-            total_loss = total_loss + loss_fn(out, targets).data * inputs.shape[0]
-            if "accuracy" in metrics:
-                correct = correct + _correct(batches.xp, out.data, targets)
+            tally.add(loss_fn(out, targets).data, out.data, targets)
     finally:
         model.train(was_training)
-    record = {"loss": float(to_numpy(total_loss)) / batches.num_samples}
-    if "accuracy" in metrics:
-        record["accuracy"] = float(to_numpy(correct)) / batches.num_samples
-    return record
+    return tally.record()
 
 
 @no_grad()
@@ -146,18 +155,6 @@ def predict(model, inputs, batch_size: int = 1000):
     finally:
         model.train(was_training)
     return batches.xp.concat(outs, axis=0)
-
-
-def _progress_bar(enabled: bool, total: int, epoch: int, epochs: int):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        enabled = False
-    if not enabled:
-        from backprop.data.sources import _NoBar
-
-        return _NoBar()
-    return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True)
 
 
 def fit(
@@ -191,14 +188,13 @@ def fit(
     model.train()
     for epoch in range(start, epochs + 1):
         began = time.perf_counter()
-        with _progress_bar(progress, len(batches), epoch, epochs) as bar:
+        with progress_bar(len(batches), f"epoch {epoch}/{epochs}", "batch", enabled=progress) as bar:
             record = {"epoch": epoch, **_run_epoch(model, loss, optimizer, batches, metrics, bar)}
             _check_finite(record["loss"], epoch, "the training loss")
             if validation is not None:
                 record.update({f"val_{k}": v for k, v in evaluate(model, loss, validation, metrics=metrics).items()})
             record["seconds"] = time.perf_counter() - began
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix({k: round(v, 4) for k, v in record.items() if k not in ("epoch", "seconds")})
+            bar.set_postfix({k: round(v, 4) for k, v in record.items() if k not in ("epoch", "seconds")})
         history.epochs.append(record)
         if checkpoint is not None:
             save_checkpoint(checkpoint, model, optimizer, epoch, history)

@@ -50,7 +50,3 @@ class Batches:
             else:
                 idx = order[start:stop]
                 yield xp.take(self.inputs, idx, axis=0), xp.take(self.targets, idx, axis=0)
-
-    @property
-    def num_samples(self) -> int:
-        return min(self.n, len(self) * self.batch_size) if self.drop_last else self.n

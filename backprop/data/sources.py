@@ -16,6 +16,7 @@ from pathlib import Path
 
 from backprop.data.idx import read_content
 from backprop.files import atomic_write
+from backprop.progress import progress_bar
 
 
 class DataError(RuntimeError):
@@ -71,7 +72,8 @@ def _download(url: str, target: Path, checksum: str):
     def write(out):
         with urllib.request.urlopen(url, timeout=30) as response:
             total = int(response.headers.get("Content-Length") or 0)
-            with _progress(total, target.name) as bar:
+            description = f"downloading {target.name}"
+            with progress_bar(total or None, description, "B", unit_scale=True) as bar:
                 for chunk in iter(lambda: response.read(1 << 16), b""):
                     out.write(chunk)
                     bar.update(len(chunk))
@@ -81,22 +83,3 @@ def _download(url: str, target: Path, checksum: str):
 
     atomic_write(target, write, verify)
     return target, verified["content"]
-
-
-class _NoBar:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, n):
-        pass
-
-
-def _progress(total: int, name: str):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total or None, unit="B", unit_scale=True, desc=f"downloading {name}")
