@@ -145,7 +145,7 @@ def test_batches_shuffle_indices_reproducibly(backend):
     assert [a.tolist() for a in first] == [b.tolist() for b in second]
     assert sorted(np.concatenate(first).tolist()) == list(range(10)) and [len(a) for a in first] == [3, 3, 3, 1]
     batches = bp.data.Batches(x, y, 3, drop_last=True)
-    assert len(batches) == 3 and sum(len(t) for _, t in batches) == 9
+    assert len(batches) == 3 and sum(t.shape[0] for _, t in batches) == 9
     for inputs, targets in batches:
         assert bp.to_numpy(inputs)[:, 0].tolist() == (2 * bp.to_numpy(targets)).tolist()
     with pytest.raises(ValueError, match="10 inputs but 9 targets"):
