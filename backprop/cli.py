@@ -9,6 +9,7 @@ import argparse
 import importlib.metadata
 import platform
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +27,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"backprop: error: {message}\n")
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _train_parser(commands) -> None:
     p = commands.add_parser("train", help="train a multilayer perceptron (default: the bundled digits)")
     p.add_argument("--dataset", default="digits", choices=[*DATASETS, "spirals"])
@@ -37,8 +48,8 @@ def _train_parser(commands) -> None:
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.01 for Adam, 3.0 for SGD)")
     p.add_argument("--momentum", type=float, default=0.0)
     p.add_argument("--init", default="glorot_uniform", choices=sorted(bp.nn.INITIALIZERS))
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=_positive, default=32)
+    p.add_argument("--epochs", type=_positive, default=20)
     p.add_argument("--backend", default=None, help=f"array backend (installed: {', '.join(installed_backends())})")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
@@ -97,8 +108,8 @@ def _targets(labels: np.ndarray, loss: str, outputs: int, dtype: str):
 
 
 def train(args) -> int:
-    if args.backend:
-        bp.set_backend(args.backend, args.device)
+    if args.backend or args.device:
+        bp.set_backend(args.backend or bp.get_backend().name, args.device)
     bp.manual_seed(args.seed)
     sizes = parse_layers(args.layers, args.dataset)
     if args.loss == "cross_entropy" and sizes[-1] == 1:
@@ -124,7 +135,8 @@ def train(args) -> int:
     if args.plot:
         bp.plots.plot_training(history, model, args.plot, title=f"{args.dataset}: {sizes}")
         if args.dataset == "spirals":
-            bp.plots.plot_decision_boundary(model, x, y, args.plot.replace(".", "-boundary.", 1))
+            plot = Path(args.plot)
+            bp.plots.plot_decision_boundary(model, x, y, plot.with_name(f"{plot.stem}-boundary{plot.suffix}"))
         print(f"plot written to {args.plot}")
     return 0
 

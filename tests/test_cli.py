@@ -18,11 +18,11 @@ def test_train_defaults_on_bundled_digits(tmp_path, capsys):
 
 def test_train_writes_a_plot(tmp_path):
     pytest.importorskip("matplotlib")
-    plot = tmp_path / "curves.png"
+    plot = tmp_path / "run.v1" / "curves.png"  # a dot before the file name
     args = ["train", "--dataset", "spirals", "--layers", "2,8,8,1", "--activation", "tanh", "--loss", "bce",
             "--epochs", "3", "--no-progress", "--plot", str(plot)]  # fmt: skip
     assert main(args) == 0
-    assert plot.stat().st_size > 1000 and (tmp_path / "curves-boundary.png").stat().st_size > 1000
+    assert plot.stat().st_size > 1000 and (tmp_path / "run.v1" / "curves-boundary.png").stat().st_size > 1000
 
 
 def test_info_lists_backends_and_blas(capsys):
@@ -38,6 +38,7 @@ def test_info_lists_backends_and_blas(capsys):
         (["train", "--layers", "64,x,10"], "--layers '64,x,10': give comma-separated integers"),
         (["train", "--layers", "784,30,10"], "digits has 64 inputs, so the first size must be 64"),
         (["train", "--backend", "tensorflow"], "unknown backend 'tensorflow'"),
+        (["train", "--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),
         (["train", "--dataset", "mnist", "--data-dir", "/nonexistent"], "could not download mnist/"),
     ],
 )
