@@ -73,9 +73,8 @@ def tests_jax(session):
     _run_tests(session, "jax", "openblas", None)
 
 
-@nox.session
-def tests_mkl(session):
-    """NumPy built from source against PyPI's MKL, then the suite on it."""
+def _install_numpy_with_mkl(session) -> None:
+    """NumPy built from source against PyPI's MKL (single dynamic library), about 4 minutes."""
     session.install("mkl-devel", "meson-python", "meson", "ninja", "cython", "pkgconfig")
     pkgconfig = os.path.join(session.virtualenv.location, "lib", "pkgconfig")
     session.install(
@@ -83,6 +82,12 @@ def tests_mkl(session):
         "-Csetup-args=-Dblas=mkl-sdl", "-Csetup-args=-Dlapack=mkl-sdl",
         env={"PKG_CONFIG_PATH": pkgconfig},
     )  # fmt: skip
+
+
+@nox.session
+def tests_mkl(session):
+    """NumPy built from source against PyPI's MKL, then the suite on it."""
+    _install_numpy_with_mkl(session)
     session.install("-e", ".", *TEST_DEPS)
     _run_tests(session, "numpy", "mkl", None)
 
@@ -94,8 +99,20 @@ def lint(session):
     session.run("ruff", "format", "--check", ".")
 
 
+BENCH_DEPS = ["threadpoolctl>=3.5", "matplotlib>=3.8", "array-api-strict>=2.3", *EXTRAS["torch"]]
+
+
 @nox.session
 def bench(session):
     """The benchmark suite (S, L, AE, layer) at 1 and all threads; pass options after --."""
-    session.install("-e", ".", "threadpoolctl>=3.5", "matplotlib>=3.8", "array-api-strict>=2.3", *EXTRAS["torch"])
+    session.install("-e", ".", *BENCH_DEPS)
     session.run("backprop", "bench", *session.posargs)
+
+
+@nox.session
+def bench_mkl(session):
+    """The benchmark suite with NumPy on MKL (results named cpu-mkl unless --name is given)."""
+    _install_numpy_with_mkl(session)
+    session.install("-e", ".", *BENCH_DEPS)
+    session.run("python", "-c", f"from backprop.blas import assert_blas; assert_blas('mkl', {os.cpu_count()})")
+    session.run("backprop", "bench", *(session.posargs or ["--name", "cpu-mkl"]))
