@@ -150,9 +150,10 @@ class Linear(Module):
             host = draw((out_features,), 1, out_features) if init == "standard_normal" else np.zeros(out_features)
             self.bias = Parameter(backend.asarray(host.astype(dtype)))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, activation: str | None = None) -> Tensor:
+        """`x @ weight + bias`, followed by `activation` in the same node if one is named."""
         try:
-            return ops.linear(x, self.weight, self.bias)
+            return ops.linear(x, self.weight, self.bias, activation)
         except ValueError:  # name the layer, not just the op
             raise ValueError(f"{self!r} expects input of shape (batch, {self.in_features}), got {x.shape}") from None
 
@@ -226,8 +227,14 @@ class Sequential(Module):
             yield str(i), layer
 
     def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
+        """Each layer in turn; a Linear followed by Sigmoid, Tanh or ReLU runs as one fused node."""
+        layers, i = self.layers, 0
+        while i < len(layers):
+            fused = _FUSABLE.get(type(layers[i + 1])) if i + 1 < len(layers) else None
+            if fused is not None and type(layers[i]) is Linear:
+                x, i = layers[i](x, fused), i + 2
+            else:
+                x, i = layers[i](x), i + 1
         return x
 
     def __getitem__(self, i):
@@ -240,6 +247,7 @@ class Sequential(Module):
         return "Sequential(" + ", ".join(map(repr, self.layers)) + ")"
 
 
+_FUSABLE = {Sigmoid: "sigmoid", Tanh: "tanh", ReLU: "relu"}  # activations linear() can fuse
 ACTIVATIONS = {"sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU, "leaky_relu": LeakyReLU, "identity": Identity}
 
 

@@ -93,3 +93,19 @@ def test_bad_configurations_are_named():
         nn.mlp([2])
     with pytest.raises(TypeError, match="Sequential: item 1 is a function"):
         nn.Sequential(nn.ReLU(), bp.relu)
+
+
+def test_fused_linear_activation_equals_the_layers_one_by_one(backend):
+    bp.manual_seed(3)
+    linears = [nn.Linear(n_in, n_out, dtype="float64") for n_in, n_out in ((5, 4), (4, 4), (4, 3), (3, 2))]
+    model = nn.Sequential(linears[0], nn.Sigmoid(), linears[1], nn.Tanh(), linears[2], nn.ReLU(), linears[3])
+    x = bp.tensor(np.random.default_rng(0).normal(size=(6, 5)), dtype="float64")
+    fused_out = model(x)
+    fused = bp.grad(fused_out.sum(), model.parameters())
+    one_by_one = x
+    for layer in model.layers:
+        one_by_one = layer(one_by_one)
+    separate = bp.grad(one_by_one.sum(), model.parameters())
+    np.testing.assert_allclose(fused_out.numpy(), one_by_one.numpy(), rtol=1e-13, strict=True)
+    for a, b in zip(fused, separate):
+        np.testing.assert_allclose(bp.to_numpy(a), bp.to_numpy(b), rtol=1e-13, atol=1e-15, strict=True)

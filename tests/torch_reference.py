@@ -8,7 +8,11 @@ def _dims(axis):
 
 
 class TorchOps:
-    linear = staticmethod(lambda x, w, b=None: x @ w if b is None else x @ w + b)
+    @staticmethod
+    def linear(x, w, b=None, activation=None):
+        out = x @ w if b is None else x @ w + b
+        return out if activation is None else getattr(torch, activation)(out)
+
     permute = staticmethod(lambda a, axes: a.permute(*axes))
     transpose = staticmethod(lambda a, i, j: a.transpose(i, j))
     reshape = staticmethod(lambda a, shape: a.reshape(shape))
