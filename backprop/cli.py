@@ -141,15 +141,24 @@ def train(args) -> int:
     return 0
 
 
+# the distributions that provide each backend, first match wins
+PACKAGES = {"numpy": ("numpy",), "array_api_strict": ("array-api-strict",), "torch": ("torch",), "jax": ("jax",),
+            "cupy": ("cupy-cuda12x", "cupy-cuda13x", "cupy")}  # fmt: skip
+
+
+def _version(packages) -> str | None:
+    for package in packages:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def info() -> int:
     print(f"backprop {bp.__version__} on Python {platform.python_version()} ({platform.machine()})")
-    for name in ("numpy", "array_api_strict", "torch", "jax", "cupy"):
-        package = {"array_api_strict": "array-api-strict", "cupy": "cupy"}.get(name, name)
-        try:
-            version = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            version = next((importlib.metadata.version(p) for p in ("cupy-cuda12x", "cupy-cuda13x")
-                            if _installed(p)), None) if name == "cupy" else None  # fmt: skip
+    for name, packages in PACKAGES.items():
+        version = _version(packages)
         if version is None:
             print(f"  {name:17} not installed")
             continue
@@ -165,14 +174,6 @@ def info() -> int:
     except ImportError as error:
         print(f"BLAS (NumPy): unknown ({error})")
     return 0
-
-
-def _installed(package: str) -> bool:
-    try:
-        importlib.metadata.version(package)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
 
 
 def main(argv=None) -> int:

@@ -133,7 +133,12 @@ def _torch_trainer(sizes, activation, loss, dtype, lr, params, batches):
 
 def _numpy_trainer(step, params, batches, lr):
     params = [p.copy() for p in params]
-    return lambda: [step(params, x, y, lr) for x, y in batches]
+
+    def run():
+        for x, y in batches:
+            step(params, x, y, lr)
+
+    return run
 
 
 def config_s(dtype: str, steps: int) -> Config:
