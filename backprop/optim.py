@@ -23,7 +23,16 @@ from backprop.tensor import Tensor
 
 
 class Optimizer:
-    """Holds the parameters and per-parameter state; subclasses define `_delta`."""
+    """Holds the parameters and per-parameter state; subclasses define `_delta`.
+
+    A step is two parts: `numbers()`, the Python numbers of this step that change during
+    training (the learning rate, bias corrections), and `update(...)`, the array work, which
+    changes no Python state. A captured step (backprop.step.TrainStep) replays the array work and
+    passes the numbers in as arrays, so schedules keep working. Any other Python number the update
+    reads is named in `hyperparameters`: a captured step captures again when one changes.
+    """
+
+    hyperparameters: tuple[str, ...] = ()
 
     def __init__(self, params, lr: float):
         self.params = list(params)
@@ -42,15 +51,25 @@ class Optimizer:
 
     def step(self) -> None:
         self.steps += 1
+        numbers = self.numbers()
+        self.update(lambda p: numbers)
+
+    def numbers(self) -> dict:
+        """This step's numbers that change during training (after `steps` has counted the step)."""
+        return {"lr": self.lr}
+
+    def update(self, numbers_of) -> None:
+        """Move every parameter that has a gradient; `numbers_of(p)` gives this step's numbers for
+        `p` (Python floats in an eager step, 0-d arrays of p's dtype in a captured one)."""
         for p, state, immutable in zip(self.params, self.state, self._immutable):
             if p.grad is not None:
-                delta = self._delta(p, p.grad, state)
+                delta = self._delta(p, p.grad, state, numbers_of(p))
                 if immutable:
                     p.data = p.data - delta
                 else:
                     p.data -= delta
 
-    def _delta(self, p: Tensor, grad, state: dict):
+    def _delta(self, p: Tensor, grad, state: dict, numbers: dict):
         """What to subtract from `p` this step."""
         raise NotImplementedError
 
@@ -71,13 +90,15 @@ class Optimizer:
 class SGD(Optimizer):
     """Stochastic gradient descent; momentum and Nesterov as in PyTorch (v = mu v + g)."""
 
+    hyperparameters = ("momentum", "nesterov", "weight_decay")
+
     def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
         super().__init__(params, lr)
         if nesterov and momentum <= 0:
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
 
-    def _delta(self, p, grad, state):
+    def _delta(self, p, grad, state, numbers):
         if self.weight_decay:
             grad = grad + self.weight_decay * p.data
         if self.momentum:
@@ -85,30 +106,39 @@ class SGD(Optimizer):
             velocity = grad if velocity is None else self.momentum * velocity + grad
             state["velocity"] = velocity
             grad = grad + self.momentum * velocity if self.nesterov else velocity
-        return self.lr * grad
+        return numbers["lr"] * grad
 
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba); `weight_decay` adds L2 to the gradient, as in PyTorch's Adam."""
 
     decoupled = False
+    hyperparameters = ("beta1", "beta2", "weight_decay")
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(params, lr)
         self.beta1, self.beta2 = betas
         self.eps, self.weight_decay = eps, weight_decay
 
-    def _delta(self, p, grad, state):
+    def numbers(self) -> dict:
+        """The learning rate and the bias corrections of step `steps`, folded into two numbers."""
+        correction = math.sqrt(1 - self.beta2**self.steps)
+        return {
+            "lr": self.lr,
+            "step_size": self.lr * correction / (1 - self.beta1**self.steps),
+            "eps": self.eps * correction,
+        }
+
+    def _delta(self, p, grad, state, numbers):
         xp = p.xp
         if self.weight_decay and not self.decoupled:
             grad = grad + self.weight_decay * p.data
         m = state.get("m", 0.0) * self.beta1 + (1 - self.beta1) * grad
         v = state.get("v", 0.0) * self.beta2 + (1 - self.beta2) * (grad * grad)
         state["m"], state["v"] = m, v
-        step_size = self.lr * math.sqrt(1 - self.beta2**self.steps) / (1 - self.beta1**self.steps)
-        delta = step_size * m / (xp.sqrt(v) + self.eps * math.sqrt(1 - self.beta2**self.steps))
+        delta = numbers["step_size"] * m / (xp.sqrt(v) + numbers["eps"])
         if self.weight_decay and self.decoupled:
-            delta = delta + self.lr * self.weight_decay * p.data
+            delta = delta + numbers["lr"] * self.weight_decay * p.data
         return delta
 
 
