@@ -19,6 +19,7 @@ import functools
 import importlib
 import importlib.util
 import os
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,11 +84,33 @@ def _namespace(name: str):
         raise BackendError(f"backend {name!r} is installed but cannot create an array here: {error}") from error
 
 
+def _numpy_namespace():
+    """NumPy as an array namespace, with `sum` and `max` calling its C reductions directly.
+
+    NumPy 2 implements the standard itself, so its own functions serve (array-api-compat's
+    wrappers would add a call per op). Only the reductions' Python wrappers cost as much as a small
+    reduction (a 10 x 30 sum: 1.7 us against 0.85 us), and the engine reduces in every layer.
+    """
+    namespace = types.ModuleType("numpy", np.__doc__)
+    namespace.__dict__.update(vars(np))  # __name__ stays "numpy": array-api-compat knows it as NumPy
+
+    def sum(x, /, *, axis=None, dtype=None, keepdims=False):
+        return np.add.reduce(x, axis=axis, dtype=dtype, keepdims=keepdims)
+
+    def max(x, /, *, axis=None, keepdims=False):
+        return np.maximum.reduce(x, axis=axis, keepdims=keepdims)
+
+    namespace.sum, namespace.max = sum, max
+    return namespace
+
+
+NUMPY = _numpy_namespace()
+
+
 def namespace_of(array):
-    """The array namespace of `array`: NumPy itself for NumPy arrays (NumPy 2 implements the
-    standard, and skipping the compatibility wrappers saves a call per op), else array-api-compat's."""
+    """The array namespace of `array`: NUMPY for NumPy arrays, else array-api-compat's."""
     if isinstance(array, (np.ndarray, np.generic)):
-        return np
+        return NUMPY
     return array_namespace(array)
 
 
@@ -96,7 +119,7 @@ def make_backend(name: str, device=None) -> Backend:
     return Backend(name, _namespace(name), device)
 
 
-_default = Backend("numpy", np)
+_default = Backend("numpy", NUMPY)
 _scoped: contextvars.ContextVar[Backend | None] = contextvars.ContextVar("backprop_backend", default=None)
 
 

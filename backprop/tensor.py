@@ -181,7 +181,9 @@ def _backpropagate(root: Tensor, grad, retain_graph: bool, wanted):
     if grad is None:
         if _size(root.data.shape) != 1:
             raise RuntimeError(f"backward() without a gradient needs a one-element output, not shape {root.shape}")
-        grad = root.xp.ones_like(root.data)
+        grad = root.xp.asarray(1.0, dtype=root.data.dtype, device=root.device)
+        if root.data.ndim:
+            grad = root.xp.reshape(grad, root.shape)
     else:
         grad = grad.data if isinstance(grad, Tensor) else grad
         if tuple(grad.shape) != root.shape:
