@@ -1,5 +1,8 @@
 """Losses, each a mean over the batch, most as one node with a fused gradient.
 
+A loss is a scalar, so its upstream gradient `g` is too: gradients scale by `g / N` once, a
+scalar operation, rather than multiplying a whole array by `g` and dividing it by N.
+
 Conventions (rows of `pred` are samples; N is the batch size):
 - `quadratic_loss` is Nielsen's cost, (1/2N) * sum ||pred - target||^2: the 1/2 cancels the 2 of
   the derivative, so its gradient is (pred - target) / N.
@@ -18,6 +21,7 @@ from array_api_compat import device, is_cupy_array
 
 from backprop import ops
 from backprop.tensor import Tensor, result
+from backprop.trace import is_traced
 
 _sigmoid, _ = ops.OUTPUT_DERIVATIVES["sigmoid"]  # the one sigmoid formula, on plain arrays
 
@@ -37,7 +41,7 @@ def quadratic_loss(pred: Tensor, target) -> Tensor:
     _check_same_shape("quadratic_loss", pred, T)
     diff = pred.data - T
     n = pred.shape[0]
-    return result(xp.sum(diff * diff) / (2 * n), xp, (pred,), lambda g: (g * diff / n,))
+    return result(xp.sum(diff * diff) / (2 * n), xp, (pred,), lambda g: (diff * (g / n),))
 
 
 def mse_loss(pred: Tensor, target) -> Tensor:
@@ -46,7 +50,7 @@ def mse_loss(pred: Tensor, target) -> Tensor:
     _check_same_shape("mse_loss", pred, T)
     diff = pred.data - T
     count = pred.size
-    return result(xp.sum(diff * diff) / count, xp, (pred,), lambda g: (g * (2 / count) * diff,))
+    return result(xp.sum(diff * diff) / count, xp, (pred,), lambda g: (diff * (g * (2 / count)),))
 
 
 def binary_cross_entropy(prob: Tensor, target, eps: float = 1e-12) -> Tensor:
@@ -56,7 +60,7 @@ def binary_cross_entropy(prob: Tensor, target, eps: float = 1e-12) -> Tensor:
     P = xp.clip(prob.data, eps, 1 - eps)
     count = prob.size
     loss = -xp.sum(T * xp.log(P) + (1 - T) * xp.log(1 - P)) / count
-    return result(loss, xp, (prob,), lambda g: (g * (P - T) / (P * (1 - P) * count),))
+    return result(loss, xp, (prob,), lambda g: ((P - T) * (g / count) / (P * (1 - P)),))
 
 
 def binary_cross_entropy_with_logits(logits: Tensor, target) -> Tensor:
@@ -65,12 +69,12 @@ def binary_cross_entropy_with_logits(logits: Tensor, target) -> Tensor:
     _check_same_shape("binary_cross_entropy_with_logits", logits, T)
     count = logits.size
     loss = xp.sum(xp.maximum(Z, 0.0) - Z * T + xp.log(1 + xp.exp(-xp.abs(Z)))) / count
-    return result(loss, xp, (logits,), lambda g: (g * (_sigmoid(xp, Z) - T) / count,))
+    return result(loss, xp, (logits,), lambda g: ((_sigmoid(xp, Z) - T) * (g / count),))
 
 
-def _on_host(array) -> bool:
-    """Whether reading `array`'s values costs no device synchronization."""
-    if is_cupy_array(array):
+def _readable_now(array) -> bool:
+    """Whether `array`'s values can be read now at no cost: on the host, and not inside a trace."""
+    if is_cupy_array(array) or is_traced(array):
         return False
     place = str(device(array)).lower()
     return not any(gpu in place for gpu in ("cuda", "gpu", "rocm", "mps"))
@@ -85,7 +89,7 @@ def _as_distribution(target, logits: Tensor):
             raise TypeError(f"class labels must be integers, got {T.dtype}")
         if T.shape[0] != logits.shape[0]:
             raise ValueError(f"{T.shape[0]} labels for a batch of {logits.shape[0]} predictions")
-        if _on_host(T):  # on a GPU this check would cost a device sync every step
+        if _readable_now(T):  # on a GPU this check would cost a device sync every step
             low, high = int(xp.min(T)), int(xp.max(T))
             if low < 0 or high >= n_classes:
                 raise ValueError(f"labels must be in 0..{n_classes - 1} for {n_classes} outputs, found {low}..{high}")
@@ -106,7 +110,7 @@ def cross_entropy(logits: Tensor, target) -> Tensor:
     log_prob = shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
     n = logits.shape[0]
     loss = -xp.sum(T * log_prob) / n
-    return result(loss, xp, (logits,), lambda g: (g * (xp.exp(log_prob) - T) / n,))
+    return result(loss, xp, (logits,), lambda g: ((xp.exp(log_prob) - T) * (g / n),))
 
 
 def nll_loss(log_prob: Tensor, target) -> Tensor:
@@ -114,7 +118,7 @@ def nll_loss(log_prob: Tensor, target) -> Tensor:
     xp = log_prob.xp
     T = _as_distribution(target, log_prob)
     n = log_prob.shape[0]
-    return result(-xp.sum(T * log_prob.data) / n, xp, (log_prob,), lambda g: (-g * T / n,))
+    return result(-xp.sum(T * log_prob.data) / n, xp, (log_prob,), lambda g: (T * (-g / n),))
 
 
 def kl_sparsity(activations: Tensor, rho: float = 0.05) -> Tensor:
