@@ -61,6 +61,7 @@ from backprop.ops import (
     transpose,
     where,
 )
+from backprop.step import CaptureWarning, TrainStep
 from backprop.tensor import Tensor, grad, is_grad_enabled, no_grad
 from backprop.train import EarlyStopping, History, evaluate, fit, predict  # noqa: E402
 

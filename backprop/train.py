@@ -24,6 +24,7 @@ from backprop.backend import to_numpy
 from backprop.data.batches import Batches
 from backprop.io import load_checkpoint, save_checkpoint
 from backprop.progress import progress_bar
+from backprop.step import TrainStep
 from backprop.tensor import Tensor, no_grad
 
 
@@ -115,15 +116,11 @@ class _Tally:
         return result
 
 
-def _run_epoch(model, loss_fn, optimizer, batches: Batches, metrics, bar) -> dict:
+def _run_epoch(step: TrainStep, batches: Batches, metrics, bar) -> dict:
     tally = _Tally(batches.xp, metrics)
     for inputs, targets in batches:
-        out = model(Tensor(inputs))
-        loss = loss_fn(out, targets)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        tally.add(loss.data, out.data, targets)
+        loss, out = step(inputs, targets)
+        tally.add(loss, out, targets)
         bar.update(1)
     return tally.record()
 
@@ -171,6 +168,7 @@ def fit(
     shuffle: bool = True,
     checkpoint=None,
     resume=None,
+    capture: bool = False,
 ) -> History:
     """Train `model` on `train` = (inputs, targets) host arrays (or Batches) for `epochs` epochs.
 
@@ -178,6 +176,8 @@ def fit(
     `callbacks` have `on_epoch_end(model, record) -> bool` (True stops training).
     `checkpoint` (a .npz path) is written after every epoch; `resume` (a checkpoint path) continues
     that run: model, optimizer, random state and history, so the result equals an uninterrupted run.
+    `capture=True` captures the training step and replays it (backprop.step.TrainStep): the same
+    numbers, less Python per step; a step that cannot be captured warns and runs eagerly.
     """
     batches = _as_batches(train, batch_size, shuffle)
     validation = _as_batches(validation, max(batch_size, 1000), False) if validation is not None else None
@@ -186,10 +186,11 @@ def fit(
         meta = load_checkpoint(resume, model, optimizer)
         history, start = History(meta["history"]), meta["epoch"] + 1
     model.train()
+    step = TrainStep(model, loss, optimizer, capture=capture)
     for epoch in range(start, epochs + 1):
         began = time.perf_counter()
         with progress_bar(len(batches), f"epoch {epoch}/{epochs}", "batch", enabled=progress) as bar:
-            record = {"epoch": epoch, **_run_epoch(model, loss, optimizer, batches, metrics, bar)}
+            record = {"epoch": epoch, **_run_epoch(step, batches, metrics, bar)}
             _check_finite(record["loss"], epoch, "the training loss")
             if validation is not None:
                 record.update({f"val_{k}": v for k, v in evaluate(model, loss, validation, metrics=metrics).items()})

@@ -1,0 +1,147 @@
+"""TrainStep: a captured step gives exactly the eager step's numbers, on every backend; what
+cannot be captured runs eagerly, with a warning, and loses nothing."""
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+
+import backprop as bp
+
+OPTIMIZERS = {
+    "sgd": lambda params: bp.optim.SGD(params, lr=0.3),
+    "nesterov_decay": lambda params: bp.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+    "adam": lambda params: bp.optim.Adam(params, lr=0.01, weight_decay=0.001),
+    "adamw": lambda params: bp.optim.AdamW(params, lr=0.01),
+}
+CAPTURED_MODES = {"traced", "cuda-graph"}
+
+
+def _batches(loss: str, count: int = 12):
+    """Batches of 7 rows, with a batch of 3 every fourth (a second shape to capture)."""
+    rng, be = np.random.default_rng(0), bp.get_backend()
+    for i in range(count):
+        n = 3 if i % 4 == 3 else 7
+        x = rng.random((n, 6))
+        labels = rng.integers(0, 4, n)
+        y = np.eye(4)[labels] if loss == "quadratic" else labels
+        yield be.asarray(x), be.asarray(y)
+
+
+def _train(capture: bool, optimizer: str, loss: str, events=(), model_factory=None):
+    """Parameters, last loss and the modes seen after training a small model; `events[i]` runs
+    before step i (a schedule, a hyper-parameter change, new weights)."""
+    bp.manual_seed(3)
+    model = (model_factory or (lambda: bp.nn.mlp([6, 5, 4], "tanh", "sigmoid", dtype="float64")))()
+    opt = OPTIMIZERS[optimizer](model.parameters())
+    step = bp.TrainStep(model, bp.losses.LOSSES[loss], opt, capture=capture)
+    modes = []
+    for i, (x, y) in enumerate(_batches(loss)):
+        for event in dict(events).get(i, ()):
+            event(model, opt)
+        value, _ = step(x, y)
+        modes.append(step.mode)
+    return [p.numpy() for p in model.parameters()], float(bp.to_numpy(value)), modes
+
+
+def _assert_same_training(a, b, rtol=1e-12):
+    for got, want in zip(a[0], b[0]):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=1e-14, strict=True)
+    assert a[1] == pytest.approx(b[1], rel=rtol)
+
+
+def _halve_lr(model, opt):
+    opt.lr *= 0.5
+
+
+def _new_weights(model, opt):
+    model.load_state_dict({name: a * 0.9 for name, a in model.state_dict().items()})
+
+
+@pytest.mark.parametrize("loss", ["quadratic", "cross_entropy"])
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_captured_steps_equal_eager_steps(backend, optimizer, loss):
+    events = {6: [_halve_lr], 9: [_new_weights]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", bp.CaptureWarning)
+        captured = _train(True, optimizer, loss, events)
+    _assert_same_training(captured, _train(False, optimizer, loss, events))
+    assert set(captured[2][4:]) & CAPTURED_MODES, f"never replayed a capture: {captured[2]}"
+
+
+def test_capture_order_warm_up_record_verify_replay():
+    # SGD without momentum has no state: call 1 warms up, 2 records, 3 verifies (ends eagerly), 4 replays
+    *_, modes = _train(True, "sgd", "quadratic")
+    assert modes[:3] == ["eager", "traced", "eager"] and modes[4:7] == ["traced"] * 3, modes
+
+
+def test_a_changed_hyperparameter_captures_again(backend):
+    def more_momentum(model, opt):
+        opt.momentum = 0.5
+
+    events = {8: [more_momentum]}
+    captured = _train(True, "nesterov_decay", "quadratic", events)
+    _assert_same_training(captured, _train(False, "nesterov_decay", "quadratic", events))
+    assert captured[2][8] == "eager"  # a warm-up for the new setting
+
+
+def test_a_step_that_cannot_be_captured_runs_eagerly_and_loses_nothing(backend):
+    def with_dropout():
+        return bp.nn.Sequential(bp.nn.Linear(6, 5, dtype="float64"), bp.nn.Dropout(0.3), bp.nn.Tanh(),
+                                bp.nn.Linear(5, 4, dtype="float64"), bp.nn.Sigmoid())  # fmt: skip
+
+    with pytest.warns(bp.CaptureWarning, match="could not be captured: .*not an input of the traced step"):
+        captured = _train(True, "adam", "quadratic", model_factory=with_dropout)
+    _assert_same_training(captured, _train(False, "adam", "quadratic", model_factory=with_dropout))
+    assert set(captured[2]) == {"eager"}
+
+
+def test_a_replay_that_differs_from_the_eager_step_is_caught(backend):
+    """A loss that reads a Python number changing every call: the trace freezes it, the check sees it."""
+
+    def drifting(calls):
+        return lambda out, y: bp.losses.quadratic_loss(out, y) * (1.0 + 0.1 * next(calls))
+
+    def train(capture):
+        bp.manual_seed(3)
+        model = bp.nn.mlp([6, 5, 4], "tanh", "sigmoid", dtype="float64")
+        step = bp.TrainStep(model, drifting(itertools.count()), bp.optim.SGD(model.parameters(), lr=0.3), capture)
+        for x, y in _batches("quadratic", 8):
+            step(x, y)
+        return [p.numpy() for p in model.parameters()], step.mode
+
+    with pytest.warns(bp.CaptureWarning, match="replay differs from the eager step"):
+        captured, mode = train(True)
+    eager, _ = train(False)
+    for got, want in zip(captured, eager):
+        np.testing.assert_allclose(got, want, rtol=1e-12, strict=True)
+    assert mode == "eager"
+
+
+def test_inputs_may_be_tensors_and_results_are_the_step_loss_and_outputs():
+    bp.manual_seed(0)
+    model = bp.nn.mlp([3, 2], "tanh", dtype="float64")
+    step = bp.TrainStep(model, bp.losses.mse_loss, bp.optim.SGD(model.parameters(), lr=0.1), capture=False)
+    x, y = bp.tensor(np.ones((4, 3))), np.zeros((4, 2))
+    expected_out = model(x).numpy()
+    loss, out = step(x, y)
+    np.testing.assert_allclose(bp.to_numpy(out), expected_out, strict=True)
+    assert float(bp.to_numpy(loss)) == pytest.approx(np.mean(expected_out**2))
+
+
+def test_fit_with_capture_matches_fit_without(backend):
+    def run(capture):
+        bp.manual_seed(0)
+        x, y = bp.data.spirals(60)
+        model = bp.nn.mlp([2, 8, 2], "tanh")
+        opt = bp.optim.Adam(model.parameters(), 0.05)
+        history = bp.fit(model, bp.losses.cross_entropy, opt, (x, y), epochs=4, batch_size=16, progress=False,
+                         callbacks=[bp.optim.ExponentialDecay(opt, 0.5)], capture=capture)  # fmt: skip
+        return history, [p.numpy() for p in model.parameters()]
+
+    (captured, weights), (eager, expected) = run(True), run(False)
+    assert captured["loss"] == pytest.approx(eager["loss"], rel=1e-12)
+    assert captured["accuracy"] == eager["accuracy"]
+    for got, want in zip(weights, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-12, strict=True)
