@@ -59,6 +59,7 @@ def _train_parser(commands) -> None:
     p.add_argument("--checkpoint", metavar="PATH", help="write a resumable checkpoint (.npz) after each epoch")
     p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint written by --checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--capture", action="store_true", help="capture the step once, then replay it: same numbers, faster")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,7 +125,8 @@ def train(args) -> int:
     test_set = (xt.astype(args.dtype), _targets(yt, args.loss, sizes[-1], args.dtype))
     print(f"training {model} on {args.dataset} ({len(x)} train, {len(xt)} test) with {bp.get_backend().name}")
     history = bp.fit(model, loss, optimizer, train_set, args.epochs, args.batch_size, validation=test_set,
-                     progress=not args.no_progress, checkpoint=args.checkpoint, resume=args.resume)  # fmt: skip
+                     progress=not args.no_progress, checkpoint=args.checkpoint, resume=args.resume,
+                     capture=args.capture)  # fmt: skip
     last = history.epochs[-1]
     seconds = sum(history["seconds"])
     print(f"final: train accuracy {last['accuracy']:.4f}, test accuracy {last['val_accuracy']:.4f} "

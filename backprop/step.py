@@ -286,17 +286,21 @@ class _CudaGraph:
         self.number_buffers = [cupy.array(a, copy=True) for a in self.numbers.arrays(step.optimizer.numbers())]
         self.pool = cupy.cuda.MemoryPool()  # kept as long as the graph: its addresses are baked in
         stream = cupy.cuda.Stream(non_blocking=True)
-        with cupy.cuda.using_allocator(self.pool.malloc), stream:
-            stream.begin_capture()
-            try:
-                outputs = step._body(*self.buffers, *self.number_buffers, self.x, self.y)
-                for before, after in zip(self.buffers, outputs):
-                    if after is not before:  # rebound (optimizer state): write it where the next replay reads
-                        before[...] = after
-            except BaseException:
-                _end_capture_quietly(stream)
-                raise
-            self.graph = stream.end_capture()
+        cupy.cuda.set_pinned_memory_allocator(_refuse_host_copies)
+        try:
+            with cupy.cuda.using_allocator(self.pool.malloc), stream:
+                stream.begin_capture()
+                try:
+                    outputs = step._body(*self.buffers, *self.number_buffers, self.x, self.y)
+                    for before, after in zip(self.buffers, outputs):
+                        if after is not before:  # rebound (optimizer state): write it where the next replay reads
+                            before[...] = after
+                except BaseException:
+                    _end_capture_quietly(stream)
+                    raise
+                self.graph = stream.end_capture()
+        finally:
+            cupy.cuda.set_pinned_memory_allocator(cupy.get_default_pinned_memory_pool().malloc)
         count = len(self.buffers)
         self.grads, self.loss, self.out = outputs[count:-2], outputs[-2], outputs[-1]
         self.first_results = self._launch(x, y, copy_batch=False)
@@ -323,6 +327,16 @@ class _CudaGraph:
             p.grad = grad
         step.mode = self.mode
         return self.loss, self.out
+
+
+def _refuse_host_copies(nbytes: int):
+    """The pinned-memory allocator while a graph is captured. CuPy copies host data (other than a
+    scalar, which it fills on the device) through a pinned staging buffer; a graph would replay the
+    copy from a buffer that CuPy later reuses, so such a copy ends the capture instead."""
+    raise RuntimeError(
+        f"the step copies {nbytes} bytes of host data to the GPU (an array made from a list or a NumPy "
+        "array); a CUDA graph cannot replay that copy"
+    )
 
 
 def _end_capture_quietly(stream) -> None:

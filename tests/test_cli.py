@@ -16,6 +16,15 @@ def test_train_defaults_on_bundled_digits(tmp_path, capsys):
     assert accuracy > 0.9 and (tmp_path / "w.npz").is_file()
 
 
+def test_train_with_capture_gives_the_same_run(capsys):
+    args = ["train", "--epochs", "3", "--no-progress", "--dtype", "float64"]
+    assert main(args) == 0 and main([*args, "--capture"]) == 0
+    eager, captured = (
+        run.split("final: ")[1].split(" after")[0] for run in capsys.readouterr().out.split("training ")[1:]
+    )
+    assert captured == eager and "test accuracy" in eager
+
+
 def test_train_writes_a_plot(tmp_path):
     pytest.importorskip("matplotlib")
     plot = tmp_path / "run.v1" / "curves.png"  # a dot before the file name
