@@ -166,17 +166,15 @@ class TrainStep:
     def _record(self, key, x, y):
         """Capture the step for `key` (this call's step happens on the way); eager if it cannot."""
         snapshot = self._snapshot()
+        kind = _CudaGraph if is_cupy_namespace(namespace_of(self.params[0].data)) else _TracedProgram
         try:
-            if is_cupy_namespace(namespace_of(self.params[0].data)):
-                captured = _CudaGraph(self, x, y)
-            else:
-                captured = _TracedProgram(self, x, y)
+            captured, results = kind.record(self, x, y)
         except Exception as error:  # whatever stopped it, the step must still happen, once
             self._restore(snapshot)
             self._give_up(f"the step could not be captured: {error}")
             return self._eager(x, y)
         self._captures[key] = captured
-        return captured.first_results
+        return results
 
     def _verify(self, captured, x, y):
         """Replay once, then undo it and run the step eagerly: both must agree (once per capture)."""
@@ -211,7 +209,7 @@ class _NumberTable:
         self.optimizer = optimizer
         self.names = sorted(optimizer.numbers())
         self.dtypes = list({p.data.dtype: p for p in params})
-        self.like = params[0].data
+        self.xp, self.device = namespace_of(params[0].data), params[0].device
         self._values, self._arrays = None, None
 
     def values(self, numbers: dict) -> list:
@@ -222,9 +220,8 @@ class _NumberTable:
         """This step's numbers as arrays (the last ones again when nothing changed)."""
         values = self.values(numbers)
         if values != self._values:
-            xp, device = namespace_of(self.like), self.like.device
             dtypes = [dt for dt in self.dtypes for _ in self.names]
-            self._arrays = [xp.asarray(v, dtype=dt, device=device) for v, dt in zip(values, dtypes)]
+            self._arrays = [self.xp.asarray(v, dtype=dt, device=self.device) for v, dt in zip(values, dtypes)]
             self._values = values
         return self._arrays
 
@@ -239,19 +236,25 @@ class _TracedProgram:
 
     mode = "traced"
 
-    def __init__(self, step: TrainStep, x, y):
-        self.step, self.verified = step, False
-        self.numbers = _NumberTable(step.optimizer, step.params)
+    def __init__(self, step: TrainStep, program, numbers: _NumberTable):
+        self.step, self.program, self.numbers, self.verified = step, program, numbers, False
+
+    @classmethod
+    def record(cls, step: TrainStep, x, y):
+        """Trace this call's step (it happens, for real, on the way); the capture and (loss, outputs)."""
+        numbers = _NumberTable(step.optimizer, step.params)
         step.optimizer.steps += 1
-        inputs = [*step._state(), *self.numbers.arrays(step.optimizer.numbers()), x, y]
-        self.program = trace(step._body, inputs)
-        step._write(self.program.results)  # the traced call was a real step: keep it
-        step.mode = self.mode
-        self.first_results = self.program.results[-2], self.program.results[-1]
+        inputs = [*step._state(), *numbers.arrays(step.optimizer.numbers()), x, y]
+        program, results = trace(step._body, inputs)
+        step._write(results)  # the traced call was a real step: keep it
+        step.mode = cls.mode
+        return cls(step, program, numbers), (results[-2], results[-1])
 
     def __call__(self, x, y):
         step, optimizer = self.step, self.step.optimizer
         optimizer.steps += 1
+        for p in step.params:  # the old gradients go before the new ones are made, as in an eager step
+            p.grad = None
         outputs = self.program(*step._state(), *self.numbers.arrays(optimizer.numbers()), x, y)
         written = iter(outputs)  # the layout of _body's result, written back without slicing
         for p in step.params:
@@ -274,6 +277,12 @@ class _CudaGraph:
     """
 
     mode = "cuda-graph"
+
+    @classmethod
+    def record(cls, step: TrainStep, x, y):
+        """Capture the step, then launch the graph for this call's step; the capture and (loss, outputs)."""
+        graph = cls(step, x, y)
+        return graph, graph._launch(x, y, copy_batch=False)
 
     def __init__(self, step: TrainStep, x, y):
         import cupy
@@ -303,7 +312,6 @@ class _CudaGraph:
             cupy.cuda.set_pinned_memory_allocator(cupy.get_default_pinned_memory_pool().malloc)
         count = len(self.buffers)
         self.grads, self.loss, self.out = outputs[count:-2], outputs[-2], outputs[-1]
-        self.first_results = self._launch(x, y, copy_batch=False)
 
     def __call__(self, x, y):
         self.step.optimizer.steps += 1

@@ -13,7 +13,7 @@ and no decision taken on array values. Reading an array's value in Python (`floa
 program) are errors that say so.
 
 >>> import numpy as np
->>> program = trace(lambda a, b: [a @ b + 1.0], [np.ones((2, 3)), np.ones((3, 2))])
+>>> program, results = trace(lambda a, b: [a @ b + 1.0], [np.ones((2, 3)), np.ones((3, 2))])
 >>> print(program.source)
 def program(a0, a1):
     v0 = a0 @ a1
@@ -56,13 +56,10 @@ def is_traced(array) -> bool:
 
 
 class Program:
-    """A traced function: call it with arrays like the ones it was traced with.
+    """A traced function: call it with arrays like the ones it was traced with."""
 
-    `results` holds what the traced call itself returned (concrete arrays or None).
-    """
-
-    def __init__(self, source: str, names: dict, results: list):
-        self.source, self.results = source, results
+    def __init__(self, source: str, names: dict):
+        self.source = source
         scope = dict(names)
         exec(compile(source, "<backprop trace>", "exec"), scope)
         self._function = scope["program"]
@@ -279,8 +276,9 @@ def _free_after_last_use(lines: list[str], returned: str) -> list[str]:
     return [line + (f"; del {', '.join(names)}" if names else "") for line, names in zip(lines, freed)]
 
 
-def trace(function, arrays) -> Program:
-    """Call `function(*stand_ins)` once and return its record as a Program of the same arrays.
+def trace(function, arrays) -> tuple[Program, list]:
+    """Call `function(*stand_ins)` once; return its record as a Program of the same arrays, and
+    what this call returned (concrete arrays).
 
     `function` returns a list of arrays (or None entries); so does the program.
     """
@@ -293,4 +291,4 @@ def trace(function, arrays) -> Program:
     returned = ", ".join(recorder.source_of(out) for out in outputs)
     body = "".join(f"    {line}\n" for line in _free_after_last_use(recorder.lines, returned))
     source = f"def program({', '.join(t.name for t in inputs)}):\n{body}    return ({returned}{',' if outputs else ''})"
-    return Program(source, recorder.names, [_unwrap(out) for out in outputs])
+    return Program(source, recorder.names), [_unwrap(out) for out in outputs]

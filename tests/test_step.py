@@ -145,3 +145,27 @@ def test_fit_with_capture_matches_fit_without(backend):
     assert captured["accuracy"] == eager["accuracy"]
     for got, want in zip(weights, expected):
         np.testing.assert_allclose(got, want, rtol=1e-12, strict=True)
+
+
+def test_a_replaying_step_holds_and_peaks_no_more_memory_than_an_eager_step():
+    import tracemalloc
+
+    x, labels = np.random.default_rng(0).random((64, 300)), np.arange(64) % 10
+
+    def memory(capture):
+        tracemalloc.start()
+        try:
+            model = bp.nn.mlp([300, 200, 10], "relu", dtype="float64")
+            step = bp.TrainStep(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), lr=0.1), capture)
+            for _ in range(5):
+                step(x, labels)
+            held = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            step(x, labels)
+            return held, tracemalloc.get_traced_memory()[1], step.mode
+        finally:
+            tracemalloc.stop()
+
+    (eager_held, eager_peak, _), (held, peak, mode) = memory(False), memory(True)
+    assert mode == "traced"
+    assert held <= 1.05 * eager_held and peak <= 1.05 * eager_peak, (held, eager_held, peak, eager_peak)
