@@ -3,8 +3,9 @@
 - loop: the textbook per-sample implementation (Nielsen's network.py shape: outer products);
 - numpy: the hand-vectorized NumPy step, the floor for array code;
 - gemm: only the matrix products of that step, the physical bound where BLAS dominates;
-- torch: PyTorch eager, the way its tutorials train.
-Weights are (in, out) and rows are samples throughout, as in backprop.
+- torch: PyTorch eager, the way its tutorials train (on the CPU or a CUDA device).
+Weights are (in, out) and rows are samples throughout, as in backprop. The array peers take the
+module they run on, `xp`: NumPy itself, or CuPy for the same code on a GPU.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def sigmoid(z):
-    return 0.5 * np.tanh(0.5 * z) + 0.5
+def sigmoid(z, xp=np):
+    return 0.5 * xp.tanh(0.5 * z) + 0.5
 
 
 def init_mlp(sizes, dtype, seed=0):
@@ -28,7 +29,7 @@ def init_mlp(sizes, dtype, seed=0):
 # --- S: sigmoid layers, quadratic cost, SGD ---
 
 
-def sigmoid_loop_step(params, x, y, lr):
+def sigmoid_loop_step(params, x, y, lr, _xp=np):
     """Per sample: forward, backward with outer products, summed; then one update (Nielsen)."""
     w1, b1, w2, b2 = params
     grads = [np.zeros_like(p) for p in params]
@@ -43,10 +44,10 @@ def sigmoid_loop_step(params, x, y, lr):
         p -= (lr / len(x)) * g
 
 
-def sigmoid_numpy_step(params, x, y, lr):
+def sigmoid_numpy_step(params, x, y, lr, xp=np):
     w1, b1, w2, b2 = params
-    a1 = sigmoid(x @ w1 + b1)
-    a2 = sigmoid(a1 @ w2 + b2)
+    a1 = sigmoid(x @ w1 + b1, xp)
+    a2 = sigmoid(a1 @ w2 + b2, xp)
     d2 = (a2 - y) * a2 * (1 - a2) / len(x)
     d1 = (d2 @ w2.T) * a1 * (1 - a1)
     w2 -= lr * (a1.T @ d2)
@@ -58,16 +59,16 @@ def sigmoid_numpy_step(params, x, y, lr):
 # --- L: ReLU layers, softmax cross-entropy, SGD ---
 
 
-def relu_numpy_step(params, x, labels, lr):
+def relu_numpy_step(params, x, labels, lr, xp=np):
     activations, zs = [x], []
     for i in range(0, len(params), 2):
         z = activations[-1] @ params[i] + params[i + 1]
         zs.append(z)
-        activations.append(np.maximum(z, 0) if i < len(params) - 2 else z)
+        activations.append(xp.maximum(z, 0) if i < len(params) - 2 else z)
     logits = activations[-1]
-    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p = xp.exp(logits - logits.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
-    p[np.arange(len(x)), labels] -= 1
+    p[xp.arange(len(x)), labels] -= 1
     delta = p / len(x)
     for i in range(len(params) - 2, -1, -2):
         grad_w, grad_b = activations[i // 2].T @ delta, delta.sum(axis=0)
@@ -77,7 +78,7 @@ def relu_numpy_step(params, x, labels, lr):
         params[i + 1] -= lr * grad_b
 
 
-def gemm_only_step(params, x, _y, _lr):
+def gemm_only_step(params, x, _y, _lr, _xp=np):
     """The matrix products of one MLP step: forward, and backward without the input's gradient."""
     weights = params[0::2]
     activations = [x]
@@ -93,13 +94,13 @@ def gemm_only_step(params, x, _y, _lr):
 # --- PyTorch eager ---
 
 
-def torch_step_factory(sizes, activation: str, loss: str, dtype, lr, params):
-    """A PyTorch eager training step with the same initial weights."""
+def torch_step_factory(sizes, activation: str, loss: str, dtype, lr, params, device="cpu"):
+    """A PyTorch eager training step with the same initial weights, on `device`."""
     import torch
 
     layers = []
     for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
-        linear = torch.nn.Linear(n_in, n_out, dtype=getattr(torch, dtype))
+        linear = torch.nn.Linear(n_in, n_out, dtype=getattr(torch, dtype), device=device)
         with torch.no_grad():
             linear.weight.copy_(torch.from_numpy(params[2 * i].T.copy()))
             linear.bias.copy_(torch.from_numpy(params[2 * i + 1]))
@@ -125,11 +126,11 @@ def torch_step_factory(sizes, activation: str, loss: str, dtype, lr, params):
 # --- AE: the sparse-autoencoder gradient, hand-vectorized ---
 
 
-def sparse_ae_numpy_gradient(w1, b1, w2, b2, x, rho, beta, lam):
+def sparse_ae_numpy_gradient(w1, b1, w2, b2, x, rho, beta, lam, xp=np):
     """The vectorized form of the UFLDL formula (the loop form is examples/sparse_autoencoder.py)."""
     m = len(x)
-    a2 = sigmoid(x @ w1 + b1)
-    a3 = sigmoid(a2 @ w2 + b2)
+    a2 = sigmoid(x @ w1 + b1, xp)
+    a3 = sigmoid(a2 @ w2 + b2, xp)
     rho_hat = a2.mean(axis=0)
     d3 = (a3 - x) * a3 * (1 - a3)
     d2 = (d3 @ w2.T + beta * (-rho / rho_hat + (1 - rho) / (1 - rho_hat))) * a2 * (1 - a2)
@@ -139,9 +140,9 @@ def sparse_ae_numpy_gradient(w1, b1, w2, b2, x, rho, beta, lam):
 # --- layer backward: Linear-ReLU-Linear, forward and backward for a given upstream gradient ---
 
 
-def layer_numpy(w1, b1, w2, b2, x, upstream):
+def layer_numpy(w1, b1, w2, b2, x, upstream, xp=np):
     z = x @ w1 + b1
-    h = np.maximum(z, 0)
+    h = xp.maximum(z, 0)
     _ = h @ w2 + b2
     dz = (upstream @ w2.T) * (z > 0)
     return x.T @ dz, dz.sum(axis=0), h.T @ upstream, upstream.sum(axis=0)

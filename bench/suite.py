@@ -1,17 +1,23 @@
 """The benchmark suite: `backprop bench` / `nox -s bench` / `python bench/suite.py`.
 
-Each configuration times backprop on every installed backend against its peers (bench/peers.py)
-in one run, interleaved (A B ... then ... B A) after a warm-up, and reports medians and the
-ratios that the targets are stated in. Results: bench/results/<name>.{json,md,png}.
+Each configuration times backprop against its peers (bench/peers.py) in one run, interleaved
+(A B ... then ... B A) after a warm-up, and reports medians and the ratios the targets are stated
+in. backprop runs twice per backend: its eager step, and the same step captured and replayed
+(backprop.TrainStep: a traced program; a CUDA graph on CuPy).
+
+--device cpu   every installed backend against the per-sample loop, hand-vectorized NumPy, the
+               GEMM-only step and PyTorch eager, at 1 and all BLAS threads
+--device gpu   CuPy and PyTorch CUDA tensors against hand-vectorized CuPy, the GEMM-only step
+               and PyTorch CUDA eager, each run timed between device synchronizations; L also
+               at batch 1024
+
+Results: bench/results/<name>.{json,md,png}.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -25,12 +31,68 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "examples")]
 
 import peers  # noqa: E402
+import report  # noqa: E402
 
 import backprop as bp  # noqa: E402
-from backprop.files import atomic_write  # noqa: E402
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
-BACKENDS = [name for name in ("numpy", "torch", "jax", "array_api_strict") if name in bp.installed_backends()]
+LOOP = "loop (per-sample)"
+
+
+@dataclass
+class Device:
+    """Where a suite runs: backprop's backends there, the peers' names, how to wait for the device."""
+
+    name: str  # "cpu" or "gpu"
+    backends: list  # (label, backend, device) for each backend backprop runs on
+    xp: object  # the module the array peers run on: numpy or cupy
+    torch_device: str | None  # None: no PyTorch peer
+    sync: object = None  # waits for queued device work (GPU); None on the CPU
+    gpu: str | None = None  # the GPU's description, for the results
+
+    def ours(self, label: str | None = None, captured: bool = False) -> str:
+        label = label or self.backends[0][0]
+        return f"backprop ({label}, captured)" if captured else f"backprop ({label})"
+
+    @property
+    def floor(self) -> str:
+        return f"{self.xp.__name__} (hand-vectorized)"
+
+    @property
+    def gemm(self) -> str:
+        return f"gemm only ({self.xp.__name__})"
+
+    @property
+    def torch(self) -> str:
+        return "torch CUDA eager" if self.torch_device == "cuda" else "torch eager"
+
+
+def cpu_device() -> Device:
+    names = [name for name in ("numpy", "torch", "jax", "array_api_strict") if name in bp.installed_backends()]
+    return Device("cpu", [(name, name, None) for name in names], np, "cpu" if HAVE_TORCH else None)
+
+
+def gpu_device() -> Device:
+    """CuPy and, where PyTorch has CUDA, PyTorch CUDA tensors; an error that says why otherwise."""
+    try:
+        import cupy
+
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:  # not installed, no driver, no device
+        raise RuntimeError(f"--device gpu needs CuPy and an NVIDIA GPU: {error}") from error
+    backends = [("cupy", "cupy", None)]
+    torch_device = None
+    if HAVE_TORCH:
+        import torch
+
+        if torch.cuda.is_available():
+            backends.append(("torch cuda", "torch", "cuda"))
+            torch_device = "cuda"
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    gpu = f"{name}, {props['totalGlobalMem'] / 2**30:.0f} GiB, CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}"
+    gpu += f", CuPy {cupy.__version__}"
+    return Device("gpu", backends, cupy, torch_device, cupy.cuda.runtime.deviceSynchronize, gpu)
 
 
 @dataclass
@@ -38,6 +100,8 @@ class Candidate:
     run: object  # a zero-argument callable doing the work once
     scale: float = 1.0  # measured time x scale = the time reported (for work done on a subset)
     isolated: bool = False  # timed in a round of its own (the per-sample loops, see `measure`)
+    sync: object = None  # called before and after each timed run (GPU candidates)
+    step: object = None  # the TrainStep, whose mode the results report
 
 
 @dataclass
@@ -58,28 +122,38 @@ class Target:
         return {"target": self.text, "ratio": ratio, "bound": self.bound, "met": met}
 
 
-OURS, FLOOR, LOOP = "backprop (numpy)", "numpy (hand-vectorized)", "loop (per-sample)"
-TARGETS = {
-    "S": [
-        Target("backprop within 1.15x of the NumPy floor", OURS, FLOOR, 1.15, at_most=True),
-        Target("backprop >= 4x faster than PyTorch eager", "torch eager", OURS, 4.0, at_most=False),
-        Target("backprop >= 5x faster than the per-sample loop", LOOP, OURS, 5.0, at_most=False),
-    ],
-    "L": [
-        Target("backprop within 1.10x of the GEMM-only time", OURS, "gemm only", 1.10, at_most=True),
-        Target("backprop not slower than PyTorch eager", "torch eager", OURS, 1.0, at_most=False),
-    ],
-    "AE": [
-        Target("backprop within 1.2x of the vectorized formula", OURS, FLOOR, 1.2, at_most=True),
-        Target("backprop >= 6x faster than the per-sample loop", LOOP, OURS, 6.0, at_most=False),
-    ],
-    "layer": [
-        Target("backprop within 1.15x of matmul", OURS, "numpy (matmul)", 1.15, at_most=True),
-        Target(
-            "matmul >= 5x faster than outer products", "loop (outer products)", "numpy (matmul)", 5.0, at_most=False
-        ),
-    ],
-}
+def targets(config: str, dev: Device) -> list[Target]:
+    """The issue's targets for a configuration, named after this device's candidates."""
+    eager, captured = dev.ours(), dev.ours(captured=True)
+    if dev.name == "gpu":
+        return {
+            "S": [Target("captured >= 3x faster than eager CuPy", eager, captured, 3.0, at_most=False)],
+            "L b1024": [
+                Target(f"backprop not slower than {dev.torch}", eager, dev.torch, 1.0, at_most=True),
+                Target(f"backprop, captured, not slower than {dev.torch}", captured, dev.torch, 1.0, at_most=True),
+            ],
+        }.get(config, [])
+    return {
+        "S": [
+            Target("backprop within 1.15x of the NumPy floor", eager, dev.floor, 1.15, at_most=True),
+            Target("backprop, captured, within 1.15x of the NumPy floor", captured, dev.floor, 1.15, at_most=True),
+            Target("backprop, captured, >= 4x faster than PyTorch eager", dev.torch, captured, 4.0, at_most=False),
+            Target("backprop, captured, >= 5x faster than the per-sample loop", LOOP, captured, 5.0, at_most=False),
+        ],
+        "L": [
+            Target("backprop within 1.10x of the GEMM-only time", eager, dev.gemm, 1.10, at_most=True),
+            Target("backprop, captured, within 1.10x of the GEMM-only time", captured, dev.gemm, 1.10, True),
+            Target("backprop not slower than PyTorch eager", dev.torch, eager, 1.0, at_most=False),
+        ],
+        "AE": [
+            Target("backprop within 1.2x of the vectorized formula", eager, dev.floor, 1.2, at_most=True),
+            Target("backprop >= 6x faster than the per-sample loop", LOOP, eager, 6.0, at_most=False),
+        ],
+        "layer": [
+            Target("backprop within 1.15x of matmul", eager, dev.floor, 1.15, at_most=True),
+            Target("matmul >= 5x faster than outer products", "loop (outer products)", dev.floor, 5.0, False),
+        ],
+    }.get(config.split(" ")[0], [])
 
 
 @dataclass
@@ -88,6 +162,16 @@ class Config:
     description: str
     candidates: dict
     targets: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Net:
+    sizes: tuple
+    activation: str
+    output: str | None
+    loss: str
+    dtype: str
+    lr: float
 
 
 def _mnist_or_synthetic(n: int, dtype: str):
@@ -100,137 +184,147 @@ def _mnist_or_synthetic(n: int, dtype: str):
         return rng.random((n, 784), dtype=np.float64).astype(dtype), rng.integers(0, 10, n), "synthetic"
 
 
-def _backprop_trainer(backend, sizes, activation, output, loss, dtype, lr, params, batches):
-    with bp.use_backend(backend):
-        model = bp.nn.mlp(sizes, activation, output, dtype=dtype)
+def _backprop(net: Net, params, batches, backend, where, capture: bool, sync, scale=1.0) -> Candidate:
+    """backprop's training step (TrainStep, eager or captured) over `batches` on one backend."""
+    with bp.use_backend(backend, where):
+        model = bp.nn.mlp(list(net.sizes), net.activation, net.output, dtype=net.dtype)
         model.load_state_dict({name: p for (name, _), p in zip(model.named_parameters(), params)})
-        optimizer = bp.optim.SGD(model.parameters(), lr=lr)
         be = bp.get_backend()
-        data = [(bp.Tensor(be.asarray(x)), be.asarray(y)) for x, y in batches]
-    loss_fn = bp.losses.LOSSES[loss]
-
-    def run():
-        for x, y in data:
-            optimizer.zero_grad()
-            loss_fn(model(x), y).backward()
-            optimizer.step()
-
-    return run
-
-
-def _torch_trainer(sizes, activation, loss, dtype, lr, params, batches):
-    import torch
-
-    step = peers.torch_step_factory(sizes, activation, loss, dtype, lr, [p.copy() for p in params])
-    data = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]
+        data = [(be.asarray(x), be.asarray(y)) for x, y in batches]
+    step = bp.TrainStep(model, bp.losses.LOSSES[net.loss], bp.optim.SGD(model.parameters(), lr=net.lr), capture)
 
     def run():
         for x, y in data:
             step(x, y)
 
-    return run
+    return Candidate(run, scale, sync=sync, step=step)
 
 
-def _numpy_trainer(step, params, batches, lr):
-    params = [p.copy() for p in params]
+def _array_peer(step_fn, params, batches, lr, xp, sync=None, scale=1.0, isolated=False) -> Candidate:
+    """A hand-written step (bench/peers.py) over `batches`, on NumPy or CuPy."""
+    params = [xp.array(p, copy=True) for p in params]
+    data = [(xp.asarray(x), xp.asarray(y)) for x, y in batches]
 
     def run():
-        for x, y in batches:
-            step(params, x, y, lr)
+        for x, y in data:
+            step_fn(params, x, y, lr, xp)
 
-    return run
+    return Candidate(run, scale, isolated, sync)
 
 
-def config_s(dtype: str, steps: int) -> Config:
+def _torch_peer(net: Net, params, batches, device: str, sync, scale=1.0) -> Candidate:
+    import torch
+
+    step = peers.torch_step_factory(list(net.sizes), net.activation, net.loss, net.dtype, net.lr, params, device)
+    data = [(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)) for x, y in batches]
+
+    def run():
+        for x, y in data:
+            step(x, y)
+
+    return Candidate(run, scale, sync=sync)
+
+
+def _training_candidates(dev: Device, net: Net, params, batches, floor_step, scale=1.0) -> dict:
+    """The floor, the GEMM-only step, PyTorch and backprop (eager and captured) on each backend."""
+    candidates = {
+        dev.floor: _array_peer(floor_step, params, batches, net.lr, dev.xp, dev.sync, scale),
+        dev.gemm: _array_peer(peers.gemm_only_step, params, batches, net.lr, dev.xp, dev.sync, scale),
+    }
+    if dev.torch_device:
+        candidates[dev.torch] = _torch_peer(net, params, batches, dev.torch_device, dev.sync, scale)
+    for label, backend, where in dev.backends:
+        for capture in (False, True):
+            candidate = _backprop(net, params, batches, backend, where, capture, dev.sync, scale)
+            candidates[dev.ours(label, capture)] = candidate
+    return candidates
+
+
+def config_s(dev: Device, dtype: str, steps: int) -> Config:
     """Nielsen: 784-30-10 sigmoid, quadratic cost, SGD lr 3.0, batch 10."""
-    sizes, batch, lr = [784, 30, 10], 10, 3.0
+    net, batch = Net((784, 30, 10), "sigmoid", "sigmoid", "quadratic", dtype, 3.0), 10
     x, labels, source = _mnist_or_synthetic(steps * batch, dtype)
     y = np.eye(10, dtype=dtype)[labels]
     batches = [(x[i : i + batch], y[i : i + batch]) for i in range(0, len(x), batch)]
-    params = peers.init_mlp(sizes, dtype)
+    params = peers.init_mlp(net.sizes, dtype)
     epoch = 6000 / steps  # report seconds per epoch of full MNIST (60,000 samples)
-    loop_batches = batches[: steps // 10]  # the loop runs a tenth of the steps, scaled up
-    candidates = {
-        LOOP: Candidate(_numpy_trainer(peers.sigmoid_loop_step, params, loop_batches, lr), epoch * 10, isolated=True),
-        FLOOR: Candidate(_numpy_trainer(peers.sigmoid_numpy_step, params, batches, lr), epoch),
-        "gemm only": Candidate(_numpy_trainer(peers.gemm_only_step, params, batches, lr), epoch),
-    }
-    if HAVE_TORCH:
-        run = _torch_trainer(sizes, "sigmoid", "quadratic", dtype, lr, params, batches)
-        candidates["torch eager"] = Candidate(run, epoch)
-    for backend in BACKENDS:
-        run = _backprop_trainer(backend, sizes, "sigmoid", "sigmoid", "quadratic", dtype, lr, params, batches)
-        candidates[f"backprop ({backend})"] = Candidate(run, epoch)
+    candidates = _training_candidates(dev, net, params, batches, peers.sigmoid_numpy_step, epoch)
+    if dev.name == "cpu":  # the loop runs a tenth of the steps, scaled up
+        loop = _array_peer(peers.sigmoid_loop_step, params, batches[: steps // 10], net.lr, np, None, epoch * 10, True)
+        candidates[LOOP] = loop
     description = f"784-30-10 sigmoid, quadratic, SGD, batch 10, {dtype}, one epoch ({source})"
-    return Config(f"S {dtype}", description, candidates, TARGETS["S"])
+    return Config(f"S {dtype}", description, candidates, targets("S", dev))
 
 
-def config_l(steps: int, batch: int = 128) -> Config:
+def config_l(dev: Device, steps: int, batch: int = 128) -> Config:
     """784-512-512-10 ReLU, softmax cross-entropy, SGD, float32."""
-    sizes, dtype, lr = [784, 512, 512, 10], "float32", 0.05
-    x, labels, source = _mnist_or_synthetic(steps * batch, dtype)
+    net = Net((784, 512, 512, 10), "relu", None, "cross_entropy", "float32", 0.05)
+    x, labels, source = _mnist_or_synthetic(steps * batch, net.dtype)
     batches = [(x[i : i + batch], labels[i : i + batch]) for i in range(0, len(x), batch)]
-    params = peers.init_mlp(sizes, dtype)
-    candidates = {
-        FLOOR: Candidate(_numpy_trainer(peers.relu_numpy_step, params, batches, lr)),
-        "gemm only": Candidate(_numpy_trainer(peers.gemm_only_step, params, batches, lr)),
-    }
-    if HAVE_TORCH:
-        candidates["torch eager"] = Candidate(
-            _torch_trainer(sizes, "relu", "cross_entropy", dtype, lr, params, batches)
-        )
-    for backend in BACKENDS:
-        run = _backprop_trainer(backend, sizes, "relu", None, "cross_entropy", dtype, lr, params, batches)
-        candidates[f"backprop ({backend})"] = Candidate(run)
+    params = peers.init_mlp(net.sizes, net.dtype)
+    candidates = _training_candidates(dev, net, params, batches, peers.relu_numpy_step)
     description = f"784-512-512-10 ReLU, cross-entropy, batch {batch}, float32, {steps} steps ({source})"
-    return Config(f"L b{batch}", description, candidates, TARGETS["L"])
+    return Config(f"L b{batch}", description, candidates, targets(f"L b{batch}" if dev.name == "gpu" else "L", dev))
 
 
-def config_ae(m: int = 10_000) -> Config:
+def config_ae(dev: Device, m: int = 10_000) -> Config:
     """The sparse-autoencoder gradient (64-25-64, KL sparsity), one call."""
     import sparse_autoencoder as ae
 
     data = ae.patches(m)
+    label, backend, where = dev.backends[0]
     bp.manual_seed(0)
-    with bp.use_backend("numpy"):
+    with bp.use_backend(backend, where):
         model = bp.nn.Sequential(bp.nn.Linear(64, 25, dtype="float64"), bp.nn.Sigmoid(),
                                  bp.nn.Linear(25, 64, dtype="float64"), bp.nn.Sigmoid())  # fmt: skip
         x = bp.tensor(data)
     params = [p.numpy() for p in model.parameters()]
+    device_params, device_data = [dev.xp.asarray(p) for p in params], dev.xp.asarray(data)
     candidates = {
-        LOOP: Candidate(lambda: ae.loop_gradient(*params, data[: m // 10]), 10, isolated=True),
-        FLOOR: Candidate(lambda: peers.sparse_ae_numpy_gradient(*params, data, ae.RHO, ae.BETA, ae.LAMBDA)),
-        OURS: Candidate(lambda: bp.grad(ae.cost(model, x), model.parameters())),
+        dev.floor: Candidate(
+            lambda: peers.sparse_ae_numpy_gradient(*device_params, device_data, ae.RHO, ae.BETA, ae.LAMBDA, dev.xp),
+            sync=dev.sync,
+        ),
+        dev.ours(label): Candidate(lambda: bp.grad(ae.cost(model, x), model.parameters()), sync=dev.sync),
     }
+    if dev.name == "cpu":
+        candidates[LOOP] = Candidate(lambda: ae.loop_gradient(*params, data[: m // 10]), 10, isolated=True)
     description = f"sparse-autoencoder gradient, 64-25-64, m={m}, float64, one call"
-    return Config("AE", description, candidates, TARGETS["AE"])
+    return Config("AE", description, candidates, targets("AE", dev))
 
 
-def config_layer(n: int = 50_000) -> Config:
+def config_layer(dev: Device, n: int = 50_000) -> Config:
     """Linear(784, 128)-ReLU-Linear(128, 10) forward + backward on n x 784, C- and F-ordered."""
-    rng = np.random.default_rng(0)
-    x = rng.random((n, 784))
-    upstream = rng.standard_normal((n, 10))
+    rng, xp = np.random.default_rng(0), dev.xp
+    host_x, host_upstream = rng.random((n, 784)), rng.standard_normal((n, 10))
     params = peers.init_mlp([784, 128, 10], "float64")
-    model = bp.nn.mlp([784, 128, 10], "relu", dtype="float64")
-    model.load_state_dict({name: p for (name, _), p in zip(model.named_parameters(), params)})
-    x_fortran = np.asfortranarray(x)
+    label, backend, where = dev.backends[0]
+    with bp.use_backend(backend, where):
+        model = bp.nn.mlp([784, 128, 10], "relu", dtype="float64")
+        model.load_state_dict({name: p for (name, _), p in zip(model.named_parameters(), params)})
+        be = bp.get_backend()
+        x, upstream = be.asarray(host_x), be.asarray(host_upstream)
+        x_fortran = be.asarray(np.asfortranarray(host_x)) if dev.name == "cpu" else xp.asfortranarray(x)
+    peer_params = [xp.asarray(p) for p in params]
 
     def engine(inputs):
         return lambda: bp.grad(model(bp.Tensor(inputs)), model.parameters(), grad_output=upstream)
 
-    subset = n // 50  # the loop runs on a fiftieth of the rows, scaled up
+    def matmul(inputs):
+        return lambda: peers.layer_numpy(*peer_params, inputs, upstream, xp)
+
     candidates = {
-        "loop (outer products)": Candidate(
-            lambda: peers.layer_outer_loop(*params, x[:subset], upstream[:subset]), 50, isolated=True
-        ),
-        "numpy (matmul)": Candidate(lambda: peers.layer_numpy(*params, x, upstream)),
-        "numpy (matmul, F-ordered x)": Candidate(lambda: peers.layer_numpy(*params, x_fortran, upstream)),
-        OURS: Candidate(engine(x)),
-        "backprop (numpy, F-ordered x)": Candidate(engine(x_fortran)),
+        dev.floor: Candidate(matmul(x), sync=dev.sync),
+        f"{dev.floor}, F-ordered x": Candidate(matmul(x_fortran), sync=dev.sync),
+        dev.ours(label): Candidate(engine(x), sync=dev.sync),
+        f"{dev.ours(label)}, F-ordered x": Candidate(engine(x_fortran), sync=dev.sync),
     }
+    if dev.name == "cpu":  # the loop runs on a fiftieth of the rows, scaled up
+        subset = n // 50
+        loop = lambda: peers.layer_outer_loop(*params, host_x[:subset], host_upstream[:subset])
+        candidates["loop (outer products)"] = Candidate(loop, 50, isolated=True)
     description = f"Linear-ReLU-Linear forward+backward, {n} x 784 -> 128 -> 10, float64"
-    return Config("layer", description, candidates, TARGETS["layer"])
+    return Config("layer", description, candidates, targets("layer", dev))
 
 
 def measure(config: Config, repeats: int, warmup: int = 1) -> dict:
@@ -249,166 +343,117 @@ def measure(config: Config, repeats: int, warmup: int = 1) -> dict:
 
 
 def _interleaved(candidates: dict, repeats: int, warmup: int) -> dict:
-    """Runs A B C, then C B A, and so on, after a warm-up; the median of each, scaled."""
+    """Runs A B C, then C B A, and so on, after a warm-up; the median of each, scaled.
+
+    A captured step needs four calls (warm-up, capture, check, replay) before it replays: the
+    warm-up runs each candidate's whole workload at least once, and twice where it is shorter than
+    four steps would need.
+    """
     names = list(candidates)
     for name in names:
-        for _ in range(warmup):
+        for _ in range(warmup if candidates[name].step is None else max(warmup, 2)):
             candidates[name].run()
     times = {name: [] for name in names}
     for round_ in range(repeats):
         for name in names if round_ % 2 == 0 else reversed(names):
+            candidate = candidates[name]
+            if candidate.sync:
+                candidate.sync()
             began = time.perf_counter()
-            candidates[name].run()
+            candidate.run()
+            if candidate.sync:
+                candidate.sync()
             times[name].append(time.perf_counter() - began)
     return {name: statistics.median(t) * candidates[name].scale for name, t in times.items()}
 
 
-def peak_memory_ratio(batch: int = 128) -> dict:
-    """Peak bytes of one L training step (NumPy, traced) over params + grads + SGD state + activations."""
+def peak_memory(capture: bool, batch: int = 128) -> float:
+    """Peak bytes live during one L training step (NumPy, tracemalloc) over parameters + gradients
+    + optimizer state (none for SGD) + one batch's activations."""
     sizes = [784, 512, 512, 10]
     x, labels, _ = _mnist_or_synthetic(batch, "float32")
     tracemalloc.start()
-    with bp.use_backend("numpy"):
-        model = bp.nn.mlp(sizes, "relu", dtype="float32")
-        optimizer = bp.optim.SGD(model.parameters(), lr=0.05)
-        inputs = bp.tensor(x)
-        for _ in range(2):  # the second step is the steady state
-            tracemalloc.reset_peak()
-            optimizer.zero_grad()
-            bp.losses.cross_entropy(model(inputs), labels).backward()
-            optimizer.step()
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    param_bytes = sum(p.numpy().nbytes for p in model.parameters())
-    activation_bytes = batch * sum(sizes) * 4
-    budget = 2 * param_bytes + activation_bytes  # parameters + gradients (+ no SGD state) + activations
-    return {"peak_bytes": peak, "budget_bytes": budget, "ratio": peak / budget}
-
-
-def machine() -> dict:
-    info = {"python": platform.python_version(), "platform": platform.platform(), "cores": os.cpu_count()}
     try:
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
-    except (OSError, StopIteration):
-        info["cpu"] = platform.processor()
-    info["blas"] = bp.blas.numpy_blas()
-    info["versions"] = {"backprop": bp.__version__, "numpy": np.__version__}
-    if HAVE_TORCH:
-        import torch
+        with bp.use_backend("numpy"):
+            model = bp.nn.mlp(sizes, "relu", dtype="float32")
+            step = bp.TrainStep(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), lr=0.05), capture)
+            for _ in range(4):  # a captured step replays from the fourth call on
+                step(x, labels)
+            tracemalloc.reset_peak()
+            step(x, labels)
+            _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    param_bytes = sum(p.numpy().nbytes for p in model.parameters())
+    return peak / (2 * param_bytes + batch * sum(sizes) * 4)
 
-        info["versions"]["torch"] = torch.__version__
-        info["torch_threads"] = torch.get_num_threads()
-    info["gpu"] = None
-    return info
 
-
-def run_suite(configs, thread_settings, repeats: int) -> dict:
+def run_suite(dev: Device, configs, thread_settings, repeats: int) -> dict:
     from threadpoolctl import threadpool_limits
 
-    results = {"machine": machine(), "runs": []}
+    results = {"machine": report.machine(dev.gpu), "device": dev.name, "runs": []}
     for threads in thread_settings:
-        count = os.cpu_count() if threads == "all" else int(threads)
+        count = results["machine"]["cores"] if threads == "all" else int(threads)
         if HAVE_TORCH:
             import torch
 
             torch.set_num_threads(count)
         with threadpool_limits(limits=count, user_api="blas"):
             for make in configs:
-                config = make()
+                config = make(dev)
                 times = measure(config, repeats)
-                targets = [checked for target in config.targets if (checked := target.check(times))]
-                run = {"config": config.name, "description": config.description, "threads": count}
-                results["runs"].append({**run, "seconds": times, "targets": targets})
-                print(format_run(results["runs"][-1]), flush=True)
-    results["memory"] = peak_memory_ratio()
+                modes = {name: c.step.mode for name, c in config.candidates.items() if c.step is not None}
+                checked = [target.check(times) for target in config.targets]
+                run = {"config": config.name, "description": config.description, "threads": count,
+                       "baseline": dev.ours(), "seconds": times, "modes": modes,
+                       "targets": [c for c in checked if c is not None]}  # fmt: skip
+                results["runs"].append(run)
+                print(report.format_run(run), flush=True)
+    if dev.name == "cpu":
+        results["memory"] = {"eager": peak_memory(False), "captured": peak_memory(True)}
     return results
 
 
-def format_run(run: dict) -> str:
-    base = run["seconds"].get("backprop (numpy)")
-    lines = [f"\n### {run['config']}, {run['threads']} thread(s): {run['description']}", "",
-             "| candidate | median seconds | time / backprop (numpy) |", "|---|---:|---:|"]  # fmt: skip
-    for name, seconds in sorted(run["seconds"].items(), key=lambda item: item[1]):
-        lines.append(f"| {name} | {seconds:.4f} | {seconds / base:.2f}x |" if base else f"| {name} | {seconds:.4f} | |")
-    lines += ["", "| target | ratio | bound | met |", "|---|---:|---:|---|"]
-    lines += [
-        f"| {t['target']} | {t['ratio']:.2f} | {t['bound']} | {'yes' if t['met'] else 'no'} |" for t in run["targets"]
-    ]
-    return "\n".join(lines)
+def configs_for(names, quick: bool, dev: Device) -> list:
+    """Builders (dev -> Config) for the named configurations; `quick` takes fewer steps."""
+    s_steps, l_steps = (300, 10) if quick else (1200, 40)
+    builders = {
+        "S": [lambda d: config_s(d, "float64", s_steps), lambda d: config_s(d, "float32", s_steps)],
+        "L": [lambda d: config_l(d, l_steps)],
+        "AE": [lambda d: config_ae(d, 2_000 if quick else 10_000)],
+        "layer": [lambda d: config_layer(d, 10_000 if quick else 50_000)],
+    }
+    if dev.name == "gpu":
+        builders["L"].append(lambda d: config_l(d, l_steps, batch=1024))
+    return [make for name in names for make in builders[name]]
 
 
-def write_results(results: dict, out: Path, name: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    m = results["machine"]
-    header = [f"# backprop benchmarks: {name}", "",
-              f"Machine: {m['cpu']}, {m['cores']} cores; BLAS {m['blas']['vendor']} {m['blas']['version']}; "
-              f"GPU: {m['gpu'] or 'none'}; versions {m['versions']}.", "",
-              "Medians of interleaved runs after a warm-up; ratios are the headline (machines are noisy).",
-              f"Peak memory of one L step (NumPy, tracemalloc): {results['memory']['ratio']:.2f}x "
-              "(parameters + gradients + optimizer state + one batch's activations)."]  # fmt: skip
-    text = "\n".join(header + [format_run(run) for run in results["runs"]]) + "\n"
-    atomic_write(out / f"{name}.md", lambda f: f.write(text.encode()))
-    atomic_write(out / f"{name}.json", lambda f: f.write(json.dumps(results, indent=2).encode()))
-    try:
-        _chart(results, out / f"{name}.png")
-    except ImportError:
-        print("matplotlib is not installed: no chart", file=sys.stderr)
-
-
-def _chart(results: dict, path: Path) -> None:
-    """One panel per configuration (columns) and thread setting (rows): time / backprop (numpy)."""
-    plt = bp.plots._pyplot()
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-    runs = results["runs"]
-    configs = list(dict.fromkeys(run["config"] for run in runs))
-    threads = list(dict.fromkeys(run["threads"] for run in runs))
-    fig, axes = plt.subplots(len(threads), len(configs), figsize=(3.6 * len(configs), 2.8 * len(threads)),
-                             squeeze=False, constrained_layout=True)  # fmt: skip
-    for run in runs:
-        ax = axes[threads.index(run["threads"])][configs.index(run["config"])]
-        base = run["seconds"].get(OURS) or 1.0
-        names = sorted(run["seconds"], key=run["seconds"].get)
-        colors = ["tab:orange" if name.startswith("backprop") else "tab:gray" for name in names]
-        ax.barh(names, [run["seconds"][n] / base for n in names], color=colors)
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.axvline(1.0, color="k", lw=0.8)
-        ax.set_title(f"{run['config']}, {run['threads']} thread(s)", fontsize=9)
-        ax.tick_params(labelsize=7)
-    fig.suptitle("time relative to backprop (numpy), log scale; shorter is faster")
-    bp.plots._save(fig, path)
-    plt.close(fig)
-
-
-CONFIGS = {
-    "S": lambda quick: [
-        lambda: config_s("float64", 300 if quick else 1200),
-        lambda: config_s("float32", 300 if quick else 1200),
-    ],
-    "L": lambda quick: [lambda: config_l(10 if quick else 40)],
-    "AE": lambda quick: [lambda: config_ae()],
-    "layer": lambda quick: [lambda: config_layer(10_000 if quick else 50_000)],
-}
+CONFIGS = ("S", "L", "AE", "layer")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="backprop bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default="S,L,AE,layer", help="comma-separated: S, L, AE, layer")
-    parser.add_argument("--threads", default="1,all", help="BLAS/torch thread settings, e.g. 1,all")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated: S, L, AE, layer")
+    parser.add_argument("--threads", default=None, help="BLAS/torch thread settings (default: 1,all; all on a GPU)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="fewer steps (for smoke runs)")
     parser.add_argument("--out", default=str(HERE / "results"))
-    parser.add_argument("--name", default="cpu")
+    parser.add_argument("--name", default=None, help="results file name (default: the device)")
     args = parser.parse_args(argv)
-    unknown = set(args.configs.split(",")) - CONFIGS.keys()
+    names = args.configs.split(",")
+    unknown = set(names) - set(CONFIGS)
     if unknown:
         parser.error(f"unknown configuration(s) {sorted(unknown)}; choose from {', '.join(CONFIGS)}")
-    configs = [make for key in args.configs.split(",") for make in CONFIGS[key](args.quick)]
-    results = run_suite(configs, args.threads.split(","), args.repeats)
-    write_results(results, Path(args.out), args.name)
-    print(f"\nresults written to {args.out}/{args.name}.{{md,json,png}}")
+    try:
+        dev = gpu_device() if args.device == "gpu" else cpu_device()
+    except RuntimeError as error:
+        parser.error(str(error))
+    threads = (args.threads or ("all" if dev.name == "gpu" else "1,all")).split(",")
+    results = run_suite(dev, configs_for(names, args.quick, dev), threads, args.repeats)
+    name = args.name or dev.name
+    report.write_results(results, Path(args.out), name)
+    print(f"\nresults written to {args.out}/{name}.{{md,json,png}}")
     return 0
 
 

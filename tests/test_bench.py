@@ -1,0 +1,56 @@
+"""The benchmark suite runs (in small sizes) and reports ratios, targets and how captured steps ran.
+
+Timings are never asserted: machines are noisy. The GPU configurations are built here on a
+stand-in device (PyTorch tensors on the CPU), so their code runs wherever the tests run.
+"""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import selected_backends
+
+pytestmark = pytest.mark.skipif("numpy" not in selected_backends(), reason="the suite runs once, with NumPy")
+
+
+@pytest.fixture(scope="module")
+def suite():
+    path = Path(__file__).resolve().parent.parent / "bench" / "suite.py"
+    spec = importlib.util.spec_from_file_location("backprop_bench_suite_test", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_suite_writes_tables_and_json_with_targets(suite, tmp_path):
+    args = ["--quick", "--repeats", "1", "--threads", "1", "--configs", "S,L,AE,layer", "--out", str(tmp_path)]
+    assert suite.main([*args, "--name", "smoke"]) == 0
+    results = json.loads((tmp_path / "smoke.json").read_text())
+    runs = {run["config"]: run for run in results["runs"]}
+    assert set(runs) == {"S float64", "S float32", "L b128", "AE", "layer"}
+    s = runs["S float64"]
+    expected = {"numpy (hand-vectorized)", "gemm only (numpy)", "loop (per-sample)", "backprop (numpy)"}
+    expected |= {"torch eager", "backprop (torch, captured)"} if suite.HAVE_TORCH else set()
+    assert expected <= set(s["seconds"])
+    assert s["modes"]["backprop (numpy, captured)"] == "traced" and s["modes"]["backprop (numpy)"] == "eager"
+    assert {t["target"] for t in s["targets"]} >= {"backprop, captured, within 1.15x of the NumPy floor"}
+    assert all(isinstance(t["met"], bool) and t["ratio"] > 0 for run in runs.values() for t in run["targets"])
+    assert 0 < results["memory"]["eager"] < 3 and 0 < results["memory"]["captured"] < 3
+    table = (tmp_path / "smoke.md").read_text()
+    assert "| backprop (numpy, captured) |" in table and "GPU: none" in table
+
+
+def test_gpu_configurations_build_and_run_on_a_stand_in_device(suite, tmp_path):
+    pytest.importorskip("torch")
+    stand_in = suite.Device("gpu", [("torch", "torch", "cpu")], suite.np, "cpu", sync=lambda: None, gpu="stand-in")
+    configs = suite.configs_for(["S", "L"], quick=True, dev=stand_in)
+    assert len(configs) == 4  # S float64, S float32, L b128, L b1024
+    results = suite.run_suite(stand_in, configs[2:], ["1"], repeats=1)
+    runs = {run["config"]: run for run in results["runs"]}
+    assert set(runs) == {"L b128", "L b1024"} and results["machine"]["gpu"] == "stand-in"
+    assert "loop (per-sample)" not in runs["L b1024"]["seconds"]
+    assert runs["L b1024"]["modes"]["backprop (torch, captured)"] == "traced"
+    assert [t["target"] for t in runs["L b1024"]["targets"]][0] == "backprop not slower than torch eager"
