@@ -4,9 +4,9 @@ A step clears the gradients, runs the model and the loss, backpropagates and upd
 parameters. `TrainStep(..., capture=False)` does exactly that each call. With `capture=True` (the
 default), calls for one input shape go: the first runs eagerly (a warm-up: optimizer state
 appears, labels are checked, and once the optimizer has state a second warm-up follows); the next
-records the step, as a CUDA graph on CuPy and as a traced program (backprop.trace) elsewhere; the
-one after replays the record and checks it once against an eager step. From then on calls replay:
-no graph nodes, no module calls, and on a GPU no Python between kernels.
+records the step: a CUDA graph on CuPy, a traced program (backprop.trace) elsewhere, compiled by
+XLA on JAX; the one after replays the record and checks it once against an eager step. From then
+on calls replay: no graph nodes, no module calls, and on a GPU no Python between kernels.
 
 What a capture assumes, as torch.compile and CUDA graphs do: for inputs of one shape the step
 makes the same array calls every time. The learning rate and Adam's bias corrections are passed
@@ -34,7 +34,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from array_api_compat import is_cupy_namespace
+from array_api_compat import is_cupy_namespace, is_jax_namespace
 
 from backprop.backend import get_rng_state, namespace_of, set_rng_state, to_numpy
 from backprop.tensor import Tensor
@@ -50,7 +50,7 @@ class CaptureWarning(UserWarning):
 class TrainStep:
     """`step(inputs, targets) -> (loss, outputs)`: one training step, as backend arrays.
 
-    `mode` says how the last call ran: "eager", "traced" or "cuda-graph".
+    `mode` says how the last call ran: "eager", "traced", "jit" (JAX) or "cuda-graph" (CuPy).
     """
 
     def __init__(self, model, loss, optimizer, capture: bool = True):
@@ -232,12 +232,11 @@ class _NumberTable:
 
 
 class _TracedProgram:
-    """The step as a traced program (backprop.trace): replays skip the engine's Python."""
+    """The step as a traced program (backprop.trace): replays skip the engine's Python. On JAX the
+    program is a pure function, and XLA compiles it whole (mode "jit")."""
 
-    mode = "traced"
-
-    def __init__(self, step: TrainStep, program, numbers: _NumberTable):
-        self.step, self.program, self.numbers, self.verified = step, program, numbers, False
+    def __init__(self, step: TrainStep, program, numbers: _NumberTable, mode: str):
+        self.step, self.program, self.numbers, self.mode, self.verified = step, program, numbers, mode, False
 
     @classmethod
     def record(cls, step: TrainStep, x, y):
@@ -247,8 +246,12 @@ class _TracedProgram:
         inputs = [*step._state(), *numbers.arrays(step.optimizer.numbers()), x, y]
         program, results = trace(step._body, inputs)
         step._write(results)  # the traced call was a real step: keep it
-        step.mode = cls.mode
-        return cls(step, program, numbers), (results[-2], results[-1])
+        step.mode = "traced"
+        if is_jax_namespace(numbers.xp):
+            import jax
+
+            return cls(step, jax.jit(program), numbers, "jit"), (results[-2], results[-1])
+        return cls(step, program, numbers, "traced"), (results[-2], results[-1])
 
     def __call__(self, x, y):
         step, optimizer = self.step, self.step.optimizer

@@ -31,7 +31,7 @@ import operator
 import re
 
 import numpy as np
-from array_api_compat import device, is_array_api_obj
+from array_api_compat import device, is_array_api_obj, is_jax_array
 
 from backprop.backend import namespace_of
 
@@ -168,8 +168,13 @@ class Traced:
         return self.recorder.emit(f"{self.name}[{self.recorder.source_of(key)}]", self.value[_unwrap(key)])
 
     def __setitem__(self, key, value) -> None:
+        key_source, value_source = self.recorder.source_of(key), self.recorder.source_of(value)
+        if is_jax_array(self.value):  # immutable: a functional update that rebinds this name
+            self.value = self.value.at[_unwrap(key)].set(_unwrap(value))
+            self.recorder.lines.append(f"{self.name} = {self.name}.at[{key_source}].set({value_source})")
+            return
         self.value[_unwrap(key)] = _unwrap(value)
-        self.recorder.lines.append(f"{self.name}[{self.recorder.source_of(key)}] = {self.recorder.source_of(value)}")
+        self.recorder.lines.append(f"{self.name}[{key_source}] = {value_source}")
 
     def _read(self, *_):
         raise TraceError(
