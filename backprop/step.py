@@ -166,9 +166,12 @@ class TrainStep:
     def _record(self, key, x, y):
         """Capture the step for `key` (this call's step happens on the way); eager if it cannot."""
         snapshot = self._snapshot()
-        kind = _CudaGraph if is_cupy_namespace(namespace_of(self.params[0].data)) else _TracedProgram
+        capture = _graph_capture(namespace_of(self.params[0].data))
         try:
-            captured, results = kind.record(self, x, y)
+            if capture is not None:
+                captured, results = _Graph.record(self, x, y, capture)
+            else:
+                captured, results = _TracedProgram.record(self, x, y)
         except Exception as error:  # whatever stopped it, the step must still happen, once
             self._restore(snapshot)
             self._give_up(f"the step could not be captured: {error}")
@@ -271,50 +274,46 @@ class _TracedProgram:
         return outputs[-2], outputs[-1]
 
 
-class _CudaGraph:
-    """The step as a CUDA graph (CuPy): one launch replays every kernel of the step.
+class _Graph:
+    """The step as a device graph (a CUDA graph on CuPy): one launch replays every kernel of it.
 
     A graph reads and writes fixed addresses, so the batch is copied into buffers of its own, the
     optimizer state that a step rebinds is copied back into the arrays it read (inside the graph),
-    and the arrays the step allocates come from a memory pool that only this graph uses.
+    and the gradients, loss and outputs are the graph's own arrays, overwritten by each launch.
+    `capture(function, inputs)` records `function(*inputs)` without running it and returns
+    (launch, outputs, keep): `_cupy_capture` on CuPy.
     """
 
     mode = "cuda-graph"
 
     @classmethod
-    def record(cls, step: TrainStep, x, y):
+    def record(cls, step: TrainStep, x, y, capture):
         """Capture the step, then launch the graph for this call's step; the capture and (loss, outputs)."""
-        graph = cls(step, x, y)
+        graph = cls(step, x, y, capture)
         return graph, graph._launch(x, y, copy_batch=False)
 
-    def __init__(self, step: TrainStep, x, y):
-        import cupy
-
+    def __init__(self, step: TrainStep, x, y, capture):
         self.step, self.verified = step, False
         self.numbers = _NumberTable(step.optimizer, step.params)
         step.optimizer.steps += 1
+        copy = lambda a: namespace_of(a).asarray(a, copy=True)
         self.buffers = step._state()  # the graph's parameters and optimizer state
-        self.x, self.y = cupy.array(x, copy=True), cupy.array(y, copy=True)
-        self.number_buffers = [cupy.array(a, copy=True) for a in self.numbers.arrays(step.optimizer.numbers())]
-        self.pool = cupy.cuda.MemoryPool()  # kept as long as the graph: its addresses are baked in
-        stream = cupy.cuda.Stream(non_blocking=True)
-        cupy.cuda.set_pinned_memory_allocator(_refuse_host_copies)
-        try:
-            with cupy.cuda.using_allocator(self.pool.malloc), stream:
-                stream.begin_capture()
-                try:
-                    outputs = step._body(*self.buffers, *self.number_buffers, self.x, self.y)
-                    for before, after in zip(self.buffers, outputs):
-                        if after is not before:  # rebound (optimizer state): write it where the next replay reads
-                            before[...] = after
-                except BaseException:
-                    _end_capture_quietly(stream)
-                    raise
-                self.graph = stream.end_capture()
-        finally:
-            cupy.cuda.set_pinned_memory_allocator(cupy.get_default_pinned_memory_pool().malloc)
+        self.x, self.y = copy(x), copy(y)
+        self.number_buffers = [copy(a) for a in self.numbers.arrays(step.optimizer.numbers())]
+
+        def body(*arrays):
+            outputs = step._body(*arrays)
+            for before, after in zip(arrays[: len(self.buffers)], outputs):
+                if after is not before:  # rebound (optimizer state): write it where the next launch reads
+                    before[...] = after
+            return outputs
+
+        self.launch, outputs, self.keep = capture(body, [*self.buffers, *self.number_buffers, self.x, self.y])
         count = len(self.buffers)
         self.grads, self.loss, self.out = outputs[count:-2], outputs[-2], outputs[-1]
+        # nothing ran yet: the state the capture rebound holds no values until a launch copies them
+        # into the buffers, so the buffers are the state from now on
+        step._set_state(self.buffers)
 
     def __call__(self, x, y):
         self.step.optimizer.steps += 1
@@ -332,12 +331,42 @@ class _CudaGraph:
             self.x[...] = x
             self.y[...] = y
         for buffer, value in zip(self.number_buffers, self.numbers.values(step.optimizer.numbers())):
-            buffer.fill(value)
-        self.graph.launch()
+            buffer[...] = value
+        self.launch()
         for p, grad in zip(step.params, self.grads):
             p.grad = grad
         step.mode = self.mode
         return self.loss, self.out
+
+
+def _graph_capture(xp):
+    """How to capture a graph on the backend of `xp` (None: it has no graphs; steps are traced)."""
+    return _cupy_capture if is_cupy_namespace(xp) else None
+
+
+def _cupy_capture(function, inputs):
+    """Record function(*inputs) as a CUDA graph: (launch, outputs, what must outlive the graph).
+
+    The arrays the function allocates come from a memory pool of the graph's own (their addresses
+    are baked into it), and host-to-device copies are refused (see _refuse_host_copies).
+    """
+    import cupy
+
+    pool = cupy.cuda.MemoryPool()
+    stream = cupy.cuda.Stream(non_blocking=True)
+    cupy.cuda.set_pinned_memory_allocator(_refuse_host_copies)
+    try:
+        with cupy.cuda.using_allocator(pool.malloc), stream:
+            stream.begin_capture()
+            try:
+                outputs = function(*inputs)
+            except BaseException:
+                _end_capture_quietly(stream)
+                raise
+            graph = stream.end_capture()
+    finally:
+        cupy.cuda.set_pinned_memory_allocator(cupy.get_default_pinned_memory_pool().malloc)
+    return graph.launch, outputs, (pool, stream)
 
 
 def _refuse_host_copies(nbytes: int):
