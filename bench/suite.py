@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 import tracemalloc
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -197,7 +197,16 @@ def _backprop(net: Net, params, batches, backend, where, capture: bool, sync, sc
         for x, y in data:
             step(x, y)
 
-    return Candidate(run, scale, sync=sync, step=step)
+    return Candidate(run, scale, sync=_waits_for(backend, model) or sync, step=step)
+
+
+def _waits_for(backend: str, model):
+    """JAX runs asynchronously on the CPU too: a timed run ends when the parameters are computed."""
+    if backend != "jax":
+        return None
+    import jax
+
+    return lambda: jax.block_until_ready([p.data for p in model.parameters()])
 
 
 def _array_peer(step_fn, params, batches, lr, xp, sync=None, scale=1.0, isolated=False) -> Candidate:
@@ -392,15 +401,18 @@ def run_suite(dev: Device, configs, thread_settings, repeats: int) -> dict:
     from threadpoolctl import threadpool_limits
 
     results = {"machine": report.machine(dev.gpu), "device": dev.name, "runs": []}
+    cores = results["machine"]["cores"]
     for threads in thread_settings:
-        count = results["machine"]["cores"] if threads == "all" else int(threads)
+        count = cores if threads == "all" else int(threads)
+        # XLA sizes its thread pool once, to every core: JAX joins only the all-threads runs
+        here = dev if count == cores else replace(dev, backends=[b for b in dev.backends if b[1] != "jax"])
         if HAVE_TORCH:
             import torch
 
             torch.set_num_threads(count)
         with threadpool_limits(limits=count, user_api="blas"):
             for make in configs:
-                config = make(dev)
+                config = make(here)
                 times = measure(config, repeats)
                 modes = {name: c.step.mode for name, c in config.candidates.items() if c.step is not None}
                 checked = [target.check(times) for target in config.targets]
