@@ -66,10 +66,11 @@ class TrainStep:
         targets = targets.data if isinstance(targets, Tensor) else targets
         if not self.capture:
             return self._eager(inputs, targets)
-        key = self._key(inputs, targets)
+        state = self._state()
+        key = self._key(inputs, targets, state)
         captured = self._captures.get(key)
         if captured is not None:
-            return captured(inputs, targets) if captured.verified else self._verify(captured, inputs, targets)
+            return captured(inputs, targets, state) if captured.verified else self._verify(captured, inputs, targets)
         if key not in self._warmed or len(self._captures) >= MAX_CAPTURES:
             self._warmed.add(key)
             return self._eager(inputs, targets)
@@ -151,14 +152,18 @@ class TrainStep:
         for p in self.params:
             p.grad = None
 
-    def _key(self, x, y) -> tuple:
-        """What a capture depends on besides array values; a new key is captured anew."""
+    def _key(self, x, y, state: list) -> tuple:
+        """What a capture depends on besides array values; a new key is captured anew.
+
+        `state` is self._state(): the shapes and dtypes of the parameters and optimizer state (and
+        the state's names) are part of the key.
+        """
         opt = self.optimizer
         return (
             x.shape, x.dtype, y.shape, y.dtype, self.model.training,
             tuple([getattr(opt, name) for name in opt.hyperparameters]),
-            tuple([tuple(state) for state in opt.state]),
-            tuple([(p.data.shape, p.data.dtype) for p in self.params]),
+            tuple([tuple(names) for names in opt.state]),
+            tuple([(a.shape, a.dtype) for a in state]),
         )  # fmt: skip
 
     # --- capture, verify, give up ---
@@ -256,12 +261,13 @@ class _TracedProgram:
             return cls(step, jax.jit(program), numbers, "jit"), (results[-2], results[-1])
         return cls(step, program, numbers, "traced"), (results[-2], results[-1])
 
-    def __call__(self, x, y):
+    def __call__(self, x, y, state: list | None = None):
         step, optimizer = self.step, self.step.optimizer
         optimizer.steps += 1
         for p in step.params:  # the old gradients go before the new ones are made, as in an eager step
             p.grad = None
-        outputs = self.program(*step._state(), *self.numbers.arrays(optimizer.numbers()), x, y)
+        state = step._state() if state is None else state
+        outputs = self.program(*state, *self.numbers.arrays(optimizer.numbers()), x, y)
         written = iter(outputs)  # the layout of _body's result, written back without slicing
         for p in step.params:
             p.data = next(written)
@@ -315,7 +321,7 @@ class _Graph:
         # into the buffers, so the buffers are the state from now on
         step._set_state(self.buffers)
 
-    def __call__(self, x, y):
+    def __call__(self, x, y, state: list | None = None):
         self.step.optimizer.steps += 1
         return self._launch(x, y)
 
