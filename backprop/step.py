@@ -187,7 +187,12 @@ class TrainStep:
     def _verify(self, captured, x, y):
         """Replay once, then undo it and run the step eagerly: both must agree (once per capture)."""
         snapshot = self._snapshot()
-        replayed = captured(x, y)
+        try:
+            replayed = captured(x, y)  # JAX compiles here; a graph launches for the second time
+        except Exception as error:
+            self._restore(snapshot)
+            self._give_up(f"its replay failed: {error}")
+            return self._eager(x, y)
         replayed = [*self._state(), *(p.grad for p in self.params), *replayed]
         self._restore(snapshot)
         loss, out = self._eager(x, y)

@@ -210,3 +210,24 @@ def test_the_graph_path_equals_eager_steps_with_a_stand_in_graph(backend, optimi
         captured = _train(True, optimizer, "cross_entropy", events)
     _assert_same_training(captured, _train(False, optimizer, "cross_entropy", events))
     assert "cuda-graph" in captured[2][4:], captured[2]
+
+
+def test_a_replay_that_fails_falls_back_to_eager_and_loses_nothing(monkeypatch):
+    """A first replay that raises (a compiler or a graph launch failing) is undone, then run eagerly."""
+    from backprop import step as step_module
+
+    def record_a_broken_replay(step, x, y, record=step_module._TracedProgram.record):
+        captured, results = record(step, x, y)
+
+        def broken(*args, **kwargs):
+            step.optimizer.steps += 1  # what a replay does before it fails
+            raise RuntimeError("launch failed")
+
+        captured.program = broken
+        return captured, results
+
+    monkeypatch.setattr(step_module._TracedProgram, "record", staticmethod(record_a_broken_replay))
+    with pytest.warns(bp.CaptureWarning, match="its replay failed: launch failed"):
+        captured = _train(True, "adam", "quadratic")
+    _assert_same_training(captured, _train(False, "adam", "quadratic"))
+    assert set(captured[2][4:]) == {"eager"}
