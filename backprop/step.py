@@ -80,13 +80,18 @@ class TrainStep:
 
     def _eager(self, x, y):
         self.mode = "eager"
+        loss, out = self._backward(x, y)
+        self.optimizer.step()
+        return loss.data, out.data
+
+    def _backward(self, x, y):
+        """Gradients cleared, forward, loss, backward: the loss and the outputs (tensors)."""
         for p in self.params:
             p.grad = None
         out = self.model(Tensor(x))
         loss = self.loss(out, y)
         loss.backward()
-        self.optimizer.step()
-        return loss.data, out.data
+        return loss, out
 
     def _body(self, *arrays):
         """The array work of a step, on given arrays: state, this step's numbers, inputs, targets.
@@ -98,11 +103,7 @@ class TrainStep:
         *numbers, x, y = arrays[count:]
         self._set_state(arrays[:count])
         table = _NumberTable(self.optimizer, self.params).bind(numbers)
-        for p in self.params:
-            p.grad = None
-        out = self.model(Tensor(x))
-        loss = self.loss(out, y)
-        loss.backward()
+        loss, out = self._backward(x, y)
         self.optimizer.update(lambda p: table[p.dtype])
         return [*self._state(), *(p.grad for p in self.params), loss.data, out.data]
 
@@ -127,18 +128,17 @@ class TrainStep:
             for name in state:
                 state[name] = next(it)
 
-    def _write(self, outputs, same_namespace: bool = False) -> None:
+    def _write(self, outputs) -> None:
         """Put a step's outputs (state after the step, then gradients) back in place."""
         count = self._state_count()
-        self._set_state(outputs[:count], same_namespace)
+        self._set_state(outputs[:count])
         for p, grad in zip(self.params, outputs[count : count + len(self.params)]):
             p.grad = grad
 
     def _snapshot(self):
         """Copies of everything a step changes (and the host random state), to undo a step."""
-        copy = lambda a: namespace_of(a).asarray(a, copy=True)
-        params = [copy(p.data) for p in self.params]
-        state = [{name: copy(a) for name, a in s.items()} for s in self.optimizer.state]
+        params = [_copy(p.data) for p in self.params]
+        state = [{name: _copy(a) for name, a in s.items()} for s in self.optimizer.state]
         return params, state, self.optimizer.steps, get_rng_state()
 
     def _restore(self, snapshot) -> None:
@@ -307,10 +307,9 @@ class _Graph:
         self.step, self.verified = step, False
         self.numbers = _NumberTable(step.optimizer, step.params)
         step.optimizer.steps += 1
-        copy = lambda a: namespace_of(a).asarray(a, copy=True)
         self.buffers = step._state()  # the graph's parameters and optimizer state
-        self.x, self.y = copy(x), copy(y)
-        self.number_buffers = [copy(a) for a in self.numbers.arrays(step.optimizer.numbers())]
+        self.x, self.y = _copy(x), _copy(y)
+        self.number_buffers = [_copy(a) for a in self.numbers.arrays(step.optimizer.numbers())]
 
         def body(*arrays):
             outputs = step._body(*arrays)
@@ -328,11 +327,11 @@ class _Graph:
 
     def __call__(self, x, y, state: list | None = None):
         self.step.optimizer.steps += 1
-        return self._launch(x, y)
+        return self._launch(x, y, state)
 
-    def _launch(self, x, y, copy_batch: bool = True):
+    def _launch(self, x, y, current: list | None = None, copy_batch: bool = True):
         step = self.step
-        current = step._state()
+        current = step._state() if current is None else current
         if any(a is not b for a, b in zip(current, self.buffers)):  # rebound since (load_state_dict, a check)
             for buffer, array in zip(self.buffers, current):
                 if array is not buffer:
@@ -348,6 +347,10 @@ class _Graph:
             p.grad = grad
         step.mode = self.mode
         return self.loss, self.out
+
+
+def _copy(array):
+    return namespace_of(array).asarray(array, copy=True)
 
 
 def _graph_capture(xp):
