@@ -313,7 +313,7 @@ def config_layer(dev: Device, n: int = 50_000) -> Config:
         model.load_state_dict({name: p for (name, _), p in zip(model.named_parameters(), params)})
         be = bp.get_backend()
         x, upstream = be.asarray(host_x), be.asarray(host_upstream)
-        x_fortran = be.asarray(np.asfortranarray(host_x)) if dev.name == "cpu" else xp.asfortranarray(x)
+        x_fortran = xp.asfortranarray(x)
     peer_params = [xp.asarray(p) for p in params]
 
     def engine(inputs):

@@ -130,7 +130,17 @@ def test_inputs_may_be_tensors_and_results_are_the_step_loss_and_outputs():
     assert float(bp.to_numpy(loss)) == pytest.approx(np.mean(expected_out**2))
 
 
-def test_fit_with_capture_matches_fit_without(backend):
+def test_fit_with_capture_matches_fit_without(backend, monkeypatch):
+    modes = []
+
+    class RecordingStep(bp.TrainStep):  # the step fit builds, telling how each call ran
+        def __call__(self, *batch):
+            result = super().__call__(*batch)
+            modes.append(self.mode)
+            return result
+
+    monkeypatch.setattr("backprop.train.TrainStep", RecordingStep)
+
     def run(capture):
         bp.manual_seed(0)
         x, y = bp.data.spirals(60)
@@ -140,7 +150,11 @@ def test_fit_with_capture_matches_fit_without(backend):
                          callbacks=[bp.optim.ExponentialDecay(opt, 0.5)], capture=capture)  # fmt: skip
         return history, [p.numpy() for p in model.parameters()]
 
-    (captured, weights), (eager, expected) = run(True), run(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", bp.CaptureWarning)
+        captured, weights = run(True)
+    assert sum(mode in CAPTURED_MODES for mode in modes) >= 8, modes  # 16 steps, 2 batch shapes
+    eager, expected = run(False)
     rtol = 1e-5 if backend == "jax" else 1e-12  # XLA fuses the compiled step: float32 rounding differs
     assert captured["loss"] == pytest.approx(eager["loss"], rel=rtol)
     for got, want in zip(weights, expected):
