@@ -1,13 +1,17 @@
 """Test sessions per backend and BLAS configuration; `nox -s tests` runs the default matrix.
 
-nox -s tests            numpy (OpenBLAS, all threads and 1 thread), array_api_strict, torch, cupy
+nox -s tests            every backend in the default matrix (backprop/backends.py: numpy at all BLAS
+                        threads and at 1, array_api_strict, torch, cupy); a GPU backend skips itself
+                        with the reason where no GPU answers
 nox -s tests_jax        JAX on the CPU (a large download, so not in the default matrix)
 nox -s tests_mkl        NumPy built from source against MKL (about 5 minutes on 2 cores)
 nox -s lint             ruff
 """
 
+import importlib.util
 import os
 import shutil
+from pathlib import Path
 
 import nox
 
@@ -22,7 +26,23 @@ TEST_DEPS = [
     "matplotlib>=3.8",
     "tqdm>=4.60",
 ]
-EXTRAS = {"numpy": [], "array_api_strict": [], "torch": ["torch==2.13.0"], "jax": ["jax>=0.4.32"]}
+
+
+def _backends() -> dict:
+    """backprop's backend entries, read from its source (the package needs NumPy, nox's Python lacks it)."""
+    path = Path(__file__).resolve().parent / "backprop" / "backends.py"
+    spec = importlib.util.spec_from_file_location("backprop_backends_for_nox", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.BACKENDS
+
+
+BACKENDS = _backends()
+
+
+def _project(entry) -> str:
+    """The project with the extra that installs `entry`'s library (the pins live in pyproject.toml)."""
+    return f".[{entry.extra}]" if entry.extra else "."
 
 
 def _run_tests(session, backend: str, blas: str, threads: int | None, full_examples: bool = False) -> None:
@@ -34,43 +54,45 @@ def _run_tests(session, backend: str, blas: str, threads: int | None, full_examp
     session.run("python", "-m", "pytest", "-q", *session.posargs, env=env)
 
 
+def _backend_session(session, name: str, threads: int | None = None) -> None:
+    """Install backprop with `name`'s extra and run the suite on that backend (NumPy: OpenBLAS at
+    `threads`, all by default). A GPU backend skips the session where no GPU answers."""
+    entry = BACKENDS[name]
+    if entry.on_gpu and shutil.which("nvidia-smi") is None:
+        session.skip(f"no NVIDIA GPU on this machine (nvidia-smi not found): {name} tests skipped")
+    session.install("-e", _project(entry), *TEST_DEPS)
+    probe = f"import backprop.backends as b; print(b.BACKENDS[{name!r}].unavailable() or 'ready')"
+    answer = session.run("python", "-c", probe, silent=True).strip().splitlines()
+    if answer[-1:] != ["ready"]:
+        session.skip(f"{name} cannot run here: {' '.join(answer)}")
+    # the examples' full MNIST runs (accuracy thresholds) once, in the first session
+    _run_tests(session, name, "openblas", threads, full_examples=name == "numpy" and threads is None)
+
+
+def _default_matrix() -> list:
+    """One parameter per default backend; NumPy (whose BLAS is under test) at all threads and at one."""
+    params = []
+    for name, entry in BACKENDS.items():
+        if not entry.default_tests:
+            continue
+        if name == "numpy":
+            params += [nox.param(name, None, id="numpy-openblas-all"), nox.param(name, 1, id="numpy-openblas-1")]
+        else:
+            params.append(nox.param(name, None, id=name))
+    return params
+
+
 @nox.session
-@nox.parametrize(
-    "backend, threads",
-    [
-        nox.param("numpy", None, id="numpy-openblas-all"),
-        nox.param("numpy", 1, id="numpy-openblas-1"),
-        nox.param("array_api_strict", None, id="array_api_strict"),
-        nox.param("torch", None, id="torch"),
-        nox.param("cupy", None, id="cupy"),
-    ],
-)
+@nox.parametrize("backend, threads", _default_matrix())
 def tests(session, backend, threads):
     """The test suite on one backend (and one BLAS thread count)."""
-    if backend == "cupy":
-        _install_cupy_or_skip(session)
-    session.install("-e", ".", *TEST_DEPS, *EXTRAS.get(backend, []))
-    # the examples' full MNIST runs (accuracy thresholds) once, in the first session
-    _run_tests(session, backend, "openblas", threads, full_examples=backend == "numpy" and threads is None)
-
-
-def _install_cupy_or_skip(session) -> None:
-    """CuPy runs only where an NVIDIA GPU answers inside this session's own environment."""
-    if shutil.which("nvidia-smi") is None:
-        session.skip("no NVIDIA GPU on this machine (nvidia-smi not found): CuPy tests skipped")
-    session.install("cupy-cuda12x>=14")
-    probe = "import cupy; assert cupy.cuda.runtime.getDeviceCount() > 0"
-    try:
-        session.run("python", "-c", probe, silent=True)
-    except nox.command.CommandFailed:
-        session.skip("CuPy installed but no GPU answers in this environment: CuPy tests skipped")
+    _backend_session(session, backend, threads)
 
 
 @nox.session
 def tests_jax(session):
     """The test suite on JAX (CPU)."""
-    session.install("-e", ".", *TEST_DEPS, *EXTRAS["jax"])
-    _run_tests(session, "jax", "openblas", None)
+    _backend_session(session, "jax")
 
 
 def _install_numpy_with_mkl(session) -> None:
@@ -99,13 +121,14 @@ def lint(session):
     session.run("ruff", "format", "--check", ".")
 
 
-BENCH_DEPS = ["threadpoolctl>=3.5", "matplotlib>=3.8", "array-api-strict>=2.3", *EXTRAS["torch"]]
+BENCH_DEPS = ["threadpoolctl>=3.5", "matplotlib>=3.8"]
+BENCH_PROJECT = f".[{BACKENDS['torch'].extra},{BACKENDS['array_api_strict'].extra}]"  # PyTorch is also a peer
 
 
 @nox.session
 def bench(session):
     """The benchmark suite (S, L, AE, layer) at 1 and all threads; pass options after --."""
-    session.install("-e", ".", *BENCH_DEPS)
+    session.install("-e", BENCH_PROJECT, *BENCH_DEPS)
     session.run("backprop", "bench", *session.posargs)
 
 
@@ -113,6 +136,6 @@ def bench(session):
 def bench_mkl(session):
     """The benchmark suite with NumPy on MKL (results named cpu-mkl unless --name is given)."""
     _install_numpy_with_mkl(session)
-    session.install("-e", ".", *BENCH_DEPS)
+    session.install("-e", BENCH_PROJECT, *BENCH_DEPS)
     session.run("python", "-c", f"from backprop.blas import assert_blas; assert_blas('mkl', {os.cpu_count()})")
     session.run("backprop", "bench", *(session.posargs or ["--name", "cpu-mkl"]))

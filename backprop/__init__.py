@@ -12,7 +12,6 @@
 from backprop import blas, data, io, losses, nn, optim, plots  # noqa: E402  (they build on the names above)
 from backprop.backend import (
     Backend,
-    BackendError,
     get_backend,
     get_rng_state,
     installed_backends,
@@ -22,6 +21,7 @@ from backprop.backend import (
     to_numpy,
     use_backend,
 )
+from backprop.backends import BACKENDS, BackendEntry, BackendError, backend_of, register_backend
 from backprop.creation import ones, rand, randn, tensor, zeros
 from backprop.gradcheck import GradcheckError, gradcheck
 from backprop.ops import (

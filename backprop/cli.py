@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 import backprop as bp
-from backprop.backend import BackendError, installed_backends, make_backend
+from backprop.backend import installed_backends
+from backprop.backends import BACKENDS
 from backprop.data import DATASETS, DataError, IDXError
 
 # dataset -> what its images are (inputs, classes) and a sensible hidden layer
@@ -143,11 +144,6 @@ def train(args) -> int:
     return 0
 
 
-# the distributions that provide each backend, first match wins
-PACKAGES = {"numpy": ("numpy",), "array_api_strict": ("array-api-strict",), "torch": ("torch",), "jax": ("jax",),
-            "cupy": ("cupy-cuda12x", "cupy-cuda13x", "cupy")}  # fmt: skip
-
-
 def _version(packages) -> str | None:
     for package in packages:
         try:
@@ -159,17 +155,16 @@ def _version(packages) -> str | None:
 
 def info() -> int:
     print(f"backprop {bp.__version__} on Python {platform.python_version()} ({platform.machine()})")
-    for name, packages in PACKAGES.items():
-        version = _version(packages)
+    for name, entry in BACKENDS.items():
+        version = _version(entry.distributions)
         if version is None:
             print(f"  {name:17} not installed")
             continue
-        try:
-            backend = make_backend(name)
-            device = bp.Tensor(backend.asarray([0.0])).device
-            print(f"  {name:17} {version:12} device {device}")
-        except BackendError as error:
-            print(f"  {name:17} {version:12} unusable: {error}")
+        reason = entry.unavailable()
+        if reason is None:
+            print(f"  {name:17} {version:12} devices {', '.join(map(str, entry.devices()))}")
+        else:
+            print(f"  {name:17} {version:12} unusable: {reason}")
     try:
         blas = bp.blas.numpy_blas()
         print(f"BLAS (NumPy): {blas['vendor']} {blas['version']} with {blas['num_threads']} thread(s)")

@@ -33,13 +33,13 @@ def tensor(data, dtype=None, requires_grad: bool = False) -> Tensor:
 
 def zeros(*shape, dtype="float32", requires_grad: bool = False) -> Tensor:
     backend = get_backend()
-    data = backend.xp.zeros(_shape(shape), dtype=getattr(backend.xp, dtype_name(dtype)), device=backend.device)
+    data = backend.full(_shape(shape), 0.0, getattr(backend.xp, dtype_name(dtype)))
     return Tensor(data, requires_grad=requires_grad)
 
 
 def ones(*shape, dtype="float32", requires_grad: bool = False) -> Tensor:
     backend = get_backend()
-    data = backend.xp.ones(_shape(shape), dtype=getattr(backend.xp, dtype_name(dtype)), device=backend.device)
+    data = backend.full(_shape(shape), 1.0, getattr(backend.xp, dtype_name(dtype)))
     return Tensor(data, requires_grad=requires_grad)
 
 

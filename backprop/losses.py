@@ -17,11 +17,9 @@ Conventions (rows of `pred` are samples; N is the batch size):
 
 from __future__ import annotations
 
-from array_api_compat import device, is_cupy_array
-
 from backprop import ops
+from backprop.backends import backend_of
 from backprop.tensor import Tensor, result
-from backprop.trace import is_traced
 
 _sigmoid, _ = ops.OUTPUT_DERIVATIVES["sigmoid"]  # the one sigmoid formula, on plain arrays
 
@@ -72,14 +70,6 @@ def binary_cross_entropy_with_logits(logits: Tensor, target) -> Tensor:
     return result(loss, xp, (logits,), lambda g: ((_sigmoid(xp, Z) - T) * (g / count),))
 
 
-def _readable_now(array) -> bool:
-    """Whether `array`'s values can be read now at no cost: on the host, and not inside a trace."""
-    if is_cupy_array(array) or is_traced(array):
-        return False
-    place = str(device(array)).lower()
-    return not any(gpu in place for gpu in ("cuda", "gpu", "rocm", "mps"))
-
-
 def _as_distribution(target, logits: Tensor):
     """Integer labels (N,) become one-hot rows; (N, C) targets are used as given."""
     xp, n_classes = logits.xp, logits.shape[-1]
@@ -89,7 +79,7 @@ def _as_distribution(target, logits: Tensor):
             raise TypeError(f"class labels must be integers, got {T.dtype}")
         if T.shape[0] != logits.shape[0]:
             raise ValueError(f"{T.shape[0]} labels for a batch of {logits.shape[0]} predictions")
-        if _readable_now(T):  # on a GPU this check would cost a device sync every step
+        if backend_of(xp).readable(T):  # on a GPU (or in a trace) this check would cost a sync every step
             low, high = int(xp.min(T)), int(xp.max(T))
             if low < 0 or high >= n_classes:
                 raise ValueError(f"labels must be in 0..{n_classes - 1} for {n_classes} outputs, found {low}..{high}")

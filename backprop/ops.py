@@ -17,9 +17,8 @@ from __future__ import annotations
 import operator
 from numbers import Number
 
-from array_api_compat import is_cupy_namespace, is_jax_namespace, is_numpy_namespace, is_torch_namespace
-
 from backprop.backend import backend_name
+from backprop.backends import backend_of
 from backprop.tensor import Tensor, result
 
 
@@ -381,12 +380,8 @@ def _basic_index(key) -> tuple:
 
 
 def _into_zeros(xp, shape, dtype, device, key, values):
-    """zeros(shape) with `values` written at `key` (JAX arrays are immutable: use .at)."""
-    zeros = xp.zeros(shape, dtype=dtype, device=device)
-    if is_jax_namespace(xp):
-        return zeros.at[key].set(values)
-    zeros[key] = values
-    return zeros
+    """zeros(shape) with `values` written at `key` (in place, or functionally: the backend says)."""
+    return backend_of(xp).set_at(xp.zeros(shape, dtype=dtype, device=device), key, values)
 
 
 def getitem(x: Tensor, key) -> Tensor:
@@ -404,35 +399,6 @@ def getitem(x: Tensor, key) -> Tensor:
     return result(out, xp, (x,), backward)
 
 
-def _scatter_add(xp, grad, indices, axis: int, size: int):
-    """zeros with `size` along `axis`, and `grad`'s slices added at `indices` (repeats add up).
-
-    The standard has no scatter-add: NumPy, PyTorch, CuPy and JAX get their native one; any other
-    namespace multiplies by a one-hot matrix (memory: len(indices) x size).
-    """
-    shape = list(grad.shape)
-    shape[axis] = size
-    if is_numpy_namespace(xp):
-        import numpy as np
-
-        out = np.zeros(shape, dtype=grad.dtype)
-        np.add.at(out, (slice(None),) * axis + (indices,), grad)
-        return out
-    if is_torch_namespace(xp):
-        return xp.zeros(shape, dtype=grad.dtype, device=grad.device).index_add_(axis, indices, grad)
-    if is_cupy_namespace(xp):
-        import cupyx
-
-        out = xp.zeros(shape, dtype=grad.dtype)
-        cupyx.scatter_add(out, (slice(None),) * axis + (indices,), grad)
-        return out
-    if is_jax_namespace(xp):
-        return xp.zeros(shape, dtype=grad.dtype).at[(slice(None),) * axis + (indices,)].add(grad)
-    one_hot = xp.astype(indices[:, None] == xp.arange(size, device=grad.device)[None, :], grad.dtype)
-    moved = xp.moveaxis(grad, axis, -1) @ one_hot
-    return xp.moveaxis(moved, -1, axis)
-
-
 def take(x: Tensor, indices, axis: int = 0) -> Tensor:
     """Pick slices along `axis` by an integer array (1-D); repeated indices add their gradients."""
     xp = x.xp
@@ -443,7 +409,8 @@ def take(x: Tensor, indices, axis: int = 0) -> Tensor:
         raise TypeError(f"take needs a 1-D integer index array, got shape {tuple(idx.shape)} and {idx.dtype}")
     axis %= x.ndim
     size = x.shape[axis]
-    return result(xp.take(x.data, idx, axis=axis), xp, (x,), lambda g: (_scatter_add(xp, g, idx, axis, size),))
+    entry = backend_of(xp)  # the standard has no scatter-add: the backend's, or a one-hot product
+    return result(xp.take(x.data, idx, axis=axis), xp, (x,), lambda g: (entry.scatter_add(g, idx, axis, size),))
 
 
 def concat(tensors, axis: int = 0) -> Tensor:

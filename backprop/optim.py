@@ -1,7 +1,7 @@
 """Optimizers: SGD (momentum, Nesterov, weight decay), Adam and AdamW.
 
-Updates write into the parameter arrays where the backend allows it and rebind them where it
-does not (JAX arrays are immutable).
+Updates write into the parameter arrays where the backend allows it and rebind them where its
+arrays are immutable (JAX).
 
 >>> import backprop as bp
 >>> w = bp.nn.Parameter(bp.tensor([1.0, -2.0]).data)
@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import math
 
-from array_api_compat import is_jax_namespace
-
 from backprop.backend import to_numpy
+from backprop.backends import backend_of
 from backprop.tensor import Tensor
 
 
@@ -43,7 +42,7 @@ class Optimizer:
         self.lr = lr
         self.state: list[dict] = [{} for _ in self.params]
         self.steps = 0
-        self._immutable = [is_jax_namespace(p.xp) for p in self.params]  # JAX: rebind, never write
+        self._immutable = [not backend_of(p.xp).mutable for p in self.params]  # rebind, never write
 
     def zero_grad(self) -> None:
         for p in self.params:

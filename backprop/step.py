@@ -34,9 +34,9 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from array_api_compat import is_cupy_namespace, is_jax_namespace
 
 from backprop.backend import get_rng_state, namespace_of, set_rng_state, to_numpy
+from backprop.backends import backend_of
 from backprop.tensor import Tensor
 from backprop.trace import trace
 
@@ -171,10 +171,10 @@ class TrainStep:
     def _record(self, key, x, y):
         """Capture the step for `key` (this call's step happens on the way); eager if it cannot."""
         snapshot = self._snapshot()
-        capture = _graph_capture(namespace_of(self.params[0].data))
+        entry = backend_of(namespace_of(self.params[0].data))
         try:
-            if capture is not None:
-                captured, results = _Graph.record(self, x, y, capture)
+            if entry.capture == "cuda-graph":
+                captured, results = _Graph.record(self, x, y, entry.capture_graph)
             else:
                 captured, results = _TracedProgram.record(self, x, y)
         except Exception as error:  # whatever stopped it, the step must still happen, once
@@ -260,11 +260,8 @@ class _TracedProgram:
         program, results = trace(step._body, inputs)
         step._write(results)  # the traced call was a real step: keep it
         step.mode = "traced"
-        if is_jax_namespace(numbers.xp):
-            import jax
-
-            return cls(step, jax.jit(program), numbers, "jit"), (results[-2], results[-1])
-        return cls(step, program, numbers, "traced"), (results[-2], results[-1])
+        entry = backend_of(numbers.xp)
+        return cls(step, entry.compile(program), numbers, entry.capture), (results[-2], results[-1])
 
     def __call__(self, x, y, state: list | None = None):
         step, optimizer = self.step, self.step.optimizer
@@ -292,7 +289,7 @@ class _Graph:
     optimizer state that a step rebinds is copied back into the arrays it read (inside the graph),
     and the gradients, loss and outputs are the graph's own arrays, overwritten by each launch.
     `capture(function, inputs)` records `function(*inputs)` without running it and returns
-    (launch, outputs, keep): `_cupy_capture` on CuPy.
+    (launch, outputs, keep): the backend entry's `capture_graph`.
     """
 
     mode = "cuda-graph"
@@ -351,53 +348,6 @@ class _Graph:
 
 def _copy(array):
     return namespace_of(array).asarray(array, copy=True)
-
-
-def _graph_capture(xp):
-    """How to capture a graph on the backend of `xp` (None: it has no graphs; steps are traced)."""
-    return _cupy_capture if is_cupy_namespace(xp) else None
-
-
-def _cupy_capture(function, inputs):
-    """Record function(*inputs) as a CUDA graph: (launch, outputs, what must outlive the graph).
-
-    The arrays the function allocates come from a memory pool of the graph's own (their addresses
-    are baked into it), and host-to-device copies are refused (see _refuse_host_copies).
-    """
-    import cupy
-
-    pool = cupy.cuda.MemoryPool()
-    stream = cupy.cuda.Stream(non_blocking=True)
-    cupy.cuda.set_pinned_memory_allocator(_refuse_host_copies)
-    try:
-        with cupy.cuda.using_allocator(pool.malloc), stream:
-            stream.begin_capture()
-            try:
-                outputs = function(*inputs)
-            except BaseException:
-                _end_capture_quietly(stream)
-                raise
-            graph = stream.end_capture()
-    finally:
-        cupy.cuda.set_pinned_memory_allocator(cupy.get_default_pinned_memory_pool().malloc)
-    return graph.launch, outputs, (pool, stream)
-
-
-def _refuse_host_copies(nbytes: int):
-    """The pinned-memory allocator while a graph is captured. CuPy copies host data (other than a
-    scalar, which it fills on the device) through a pinned staging buffer; a graph would replay the
-    copy from a buffer that CuPy later reuses, so such a copy ends the capture instead."""
-    raise RuntimeError(
-        f"the step copies {nbytes} bytes of host data to the GPU (an array made from a list or a NumPy "
-        "array); a CUDA graph cannot replay that copy"
-    )
-
-
-def _end_capture_quietly(stream) -> None:
-    try:
-        stream.end_capture()
-    except Exception:  # the capture was already invalid; the first error is the one to report
-        pass
 
 
 def _first_mismatch(replayed: list, eager: list) -> str | None:

@@ -31,9 +31,10 @@ import operator
 import re
 
 import numpy as np
-from array_api_compat import device, is_array_api_obj, is_jax_array
+from array_api_compat import device, is_array_api_obj
 
 from backprop.backend import namespace_of
+from backprop.backends import backend_of
 
 
 class TraceError(RuntimeError):
@@ -48,11 +49,6 @@ def _is_array(value) -> bool:
     if isinstance(value, type):  # NumPy's dtypes are classes, and their class has __array_namespace__
         return False
     return isinstance(value, np.generic) or is_array_api_obj(value)
-
-
-def is_traced(array) -> bool:
-    """Whether `array` is a stand-in inside a trace (its values cannot be read now)."""
-    return isinstance(array, Traced)
 
 
 class Program:
@@ -169,11 +165,7 @@ class Traced:
 
     def __setitem__(self, key, value) -> None:
         key_source, value_source = self.recorder.source_of(key), self.recorder.source_of(value)
-        if is_jax_array(self.value):  # immutable: a functional update that rebinds this name
-            self.value = self.value.at[_unwrap(key)].set(_unwrap(value))
-            self.recorder.lines.append(f"{self.name} = {self.name}.at[{key_source}].set({value_source})")
-            return
-        self.value[_unwrap(key)] = _unwrap(value)
+        self.value[_unwrap(key)] = _unwrap(value)  # immutable arrays refuse, as they would outside a trace
         self.recorder.lines.append(f"{self.name}[{key_source}] = {value_source}")
 
     def _read(self, *_):
@@ -244,23 +236,50 @@ class _Namespace:
     def __init__(self, recorder: _Recorder):
         self._recorder = recorder
         self.__name__ = f"traced {getattr(recorder.xp, '__name__', 'namespace')}"
+        self.backend_entry = _TracedEntry(backend_of(recorder.xp), recorder)
 
     def __getattr__(self, name):
         real = getattr(self._recorder.xp, name)
         if not callable(real) or isinstance(real, type):  # dtypes, constants, classes
             return real
-        recorder = self._recorder
-
-        def call(*args, **kwargs):
-            value = real(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()})
-            if not (_is_array(value) or (isinstance(value, (tuple, list)) and value and _is_array(value[0]))):
-                return value
-            arguments = [recorder.source_of(a) for a in args]
-            arguments += [f"{k}={recorder.source_of(v)}" for k, v in kwargs.items()]
-            return recorder.emit(f"{recorder.bind('xp_' + name, real)}({', '.join(arguments)})", value)
-
+        call = _recorded(self._recorder, "xp_" + name, real)
         setattr(self, name, call)  # looked up once per name
         return call
+
+
+def _recorded(recorder: _Recorder, name: str, real):
+    """`real`, run on concrete values and recorded as a call of the global `name` when it gives arrays."""
+
+    def call(*args, **kwargs):
+        value = real(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()})
+        if not (_is_array(value) or (isinstance(value, (tuple, list)) and value and _is_array(value[0]))):
+            return value
+        arguments = [recorder.source_of(a) for a in args]
+        arguments += [f"{k}={recorder.source_of(v)}" for k, v in kwargs.items()]
+        return recorder.emit(f"{recorder.bind(name, real)}({', '.join(arguments)})", value)
+
+    return call
+
+
+class _TracedEntry:
+    """The backend entry of stand-ins: the real entry's answers, with its array helpers (`set_at`,
+    `scatter_add`) recorded as calls, and no value readable."""
+
+    def __init__(self, real, recorder: _Recorder):
+        self._real, self._recorder = real, recorder
+
+    def __getattr__(self, name):
+        value = getattr(self._real, name)
+        if name in self._real.helpers:
+            value = _recorded(self._recorder, name, value)
+        setattr(self, name, value)
+        return value
+
+    def readable(self, array) -> bool:
+        return False
+
+    def to_host(self, array):
+        array._read()
 
 
 _INTERMEDIATE = re.compile(r"\bv\d+\b")

@@ -34,6 +34,7 @@ import peers  # noqa: E402
 import report  # noqa: E402
 
 import backprop as bp  # noqa: E402
+from backprop.backends import BACKENDS  # noqa: E402
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 LOOP = "loop (per-sample)"
@@ -68,26 +69,25 @@ class Device:
 
 
 def cpu_device() -> Device:
-    names = [name for name in ("numpy", "torch", "jax", "array_api_strict") if name in bp.installed_backends()]
+    """Every backend that runs on the CPU here (backprop's list; NumPy first, the baseline)."""
+    names = [name for name, entry in BACKENDS.items() if not entry.on_gpu and entry.unavailable() is None]
     return Device("cpu", [(name, name, None) for name in names], np, "cpu" if HAVE_TORCH else None)
 
 
 def gpu_device() -> Device:
-    """CuPy and, where PyTorch has CUDA, PyTorch CUDA tensors; an error that says why otherwise."""
-    try:
-        import cupy
+    """Every backend with a GPU here, CuPy first (the array peers run on CuPy); an error that says why
+    there is none."""
+    reason = BACKENDS["cupy"].unavailable()
+    if reason is not None:
+        raise RuntimeError(f"--device gpu needs CuPy and an NVIDIA GPU: {reason}")
+    import cupy
 
-        cupy.cuda.runtime.getDeviceCount()
-    except Exception as error:  # not installed, no driver, no device
-        raise RuntimeError(f"--device gpu needs CuPy and an NVIDIA GPU: {error}") from error
-    backends = [("cupy", "cupy", None)]
-    torch_device = None
-    if HAVE_TORCH:
-        import torch
-
-        if torch.cuda.is_available():
-            backends.append(("torch cuda", "torch", "cuda"))
-            torch_device = "cuda"
+    backends = []
+    for name, entry in BACKENDS.items():
+        device = entry.accelerator()
+        if device is not None:
+            backends.append((name if entry.on_gpu else f"{name} {device}", name, None if entry.on_gpu else device))
+    torch_device = next((device for _, name, device in backends if name == "torch"), None)
     props = cupy.cuda.runtime.getDeviceProperties(0)
     name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
     gpu = f"{name}, {props['totalGlobalMem'] / 2**30:.0f} GiB, CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}"
@@ -197,16 +197,8 @@ def _backprop(net: Net, params, batches, backend, where, capture: bool, sync, sc
         for x, y in data:
             step(x, y)
 
-    return Candidate(run, scale, sync=_waits_for(backend, model) or sync, step=step)
-
-
-def _waits_for(backend: str, model):
-    """JAX runs asynchronously on the CPU too: a timed run ends when the parameters are computed."""
-    if backend != "jax":
-        return None
-    import jax
-
-    return lambda: jax.block_until_ready([p.data for p in model.parameters()])
+    entry = BACKENDS[backend]  # JAX runs asynchronously on the CPU too: a run ends when its results exist
+    return Candidate(run, scale, sync=lambda: entry.synchronize([p.data for p in model.parameters()]), step=step)
 
 
 def _array_peer(step_fn, params, batches, lr, xp, sync=None, scale=1.0, isolated=False) -> Candidate:
@@ -404,8 +396,9 @@ def run_suite(dev: Device, configs, thread_settings, repeats: int) -> dict:
     cores = results["machine"]["cores"]
     for threads in thread_settings:
         count = cores if threads == "all" else int(threads)
-        # XLA sizes its thread pool once, to every core: JAX joins only the all-threads runs
-        here = dev if count == cores else replace(dev, backends=[b for b in dev.backends if b[1] != "jax"])
+        # XLA sizes its thread pool once, to every core: such backends join only the all-threads runs
+        limited = [b for b in dev.backends if not BACKENDS[b[1]].threads_fixed]
+        here = dev if count == cores else replace(dev, backends=limited)
         if HAVE_TORCH:
             import torch
 

@@ -60,7 +60,7 @@ def test_operators_literals_in_place_and_indexing(backend):
         c = (-1.5) * a - 2.0**a + 1 / (b + 3.0)  # reflected operators with signed literals
         c -= 0.25 * b  # in place
         d = xp.zeros((3, 4), dtype=a.dtype)
-        if bp.get_backend().name != "jax":  # immutable arrays (their write is checked through getitem's gradient)
+        if bp.get_backend().entry.mutable:  # immutable arrays: their writes are checked through getitem's gradient
             d[1:, ::2] = c[None, 0, :2]  # indexing with None, slices, an integer; writing through a key
         e = xp.sum(d, axis=(0,), keepdims=True)  # keyword arguments and tuples
         return [c, d, e, xp.max(a, axis=None)]
