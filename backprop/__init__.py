@@ -9,7 +9,7 @@
 (2, 2)
 """
 
-from backprop import blas, data, io, losses, nn, optim, plots  # noqa: E402  (they build on the names above)
+from backprop import blas, data, io, losses, nn, optim, plots
 from backprop.backend import (
     Backend,
     get_backend,
@@ -24,45 +24,18 @@ from backprop.backend import (
 from backprop.backends import BACKENDS, BackendEntry, BackendError, backend_of, register_backend
 from backprop.creation import ones, rand, randn, tensor, zeros
 from backprop.gradcheck import GradcheckError, gradcheck
-from backprop.ops import (
-    abs,
-    add,
-    astype,
-    broadcast_to,
-    clip,
-    concat,
-    div,
-    exp,
-    getitem,
-    leaky_relu,
-    linear,
-    log,
-    log_softmax,
-    logsumexp,
-    matmul,
-    max,
-    maximum,
-    mean,
-    minimum,
-    mul,
-    neg,
-    permute,
-    pow,
-    relu,
-    reshape,
-    sigmoid,
-    softmax,
-    sqrt,
-    stack,
-    sub,
-    sum,
-    take,
-    tanh,
-    transpose,
-    where,
-)
+from backprop.ops import OPS, op
 from backprop.step import CaptureWarning, TrainStep
 from backprop.tensor import Tensor, grad, is_grad_enabled, no_grad
-from backprop.train import EarlyStopping, History, evaluate, fit, predict  # noqa: E402
+from backprop.train import EarlyStopping, History, evaluate, fit, predict
 
 __version__ = "0.1.0"
+
+globals().update(OPS)  # every registered op is bp.<name>: bp.tanh, bp.linear, ...
+
+
+def __getattr__(name: str):
+    """Ops registered after import (with `bp.op`) are bp.<name> too."""
+    if name in OPS:
+        return OPS[name]
+    raise AttributeError(f"module 'backprop' has no attribute {name!r}")

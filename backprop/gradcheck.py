@@ -53,7 +53,7 @@ def gradcheck(fn, *inputs: Tensor, eps: float = 1e-6, atol=None, rtol=None, seed
     with no_grad():
         doubles = [_as_float64(t) for t in inputs]
         r64 = _on_backend(upstream, doubles[wanted[0]])
-        for i, got in zip(wanted, analytical):
+        for i, got in zip(wanted, analytical, strict=True):
             expected = _numerical_gradient(fn, doubles, i, r64, eps)
             _compare(to_numpy(got).astype(np.float64), expected, i, atol, rtol)
     return True

@@ -39,7 +39,7 @@ def quadratic_loss(pred: Tensor, target) -> Tensor:
     _check_same_shape("quadratic_loss", pred, T)
     diff = pred.data - T
     n = pred.shape[0]
-    return result(xp.sum(diff * diff) / (2 * n), xp, (pred,), lambda g: (diff * (g / n),))
+    return result(xp.sum(diff * diff) / (2 * n), xp, (pred,), lambda g, needs: (diff * (g / n),))
 
 
 def mse_loss(pred: Tensor, target) -> Tensor:
@@ -48,7 +48,7 @@ def mse_loss(pred: Tensor, target) -> Tensor:
     _check_same_shape("mse_loss", pred, T)
     diff = pred.data - T
     count = pred.size
-    return result(xp.sum(diff * diff) / count, xp, (pred,), lambda g: (diff * (g * (2 / count)),))
+    return result(xp.sum(diff * diff) / count, xp, (pred,), lambda g, needs: (diff * (g * (2 / count)),))
 
 
 def binary_cross_entropy(prob: Tensor, target, eps: float = 1e-12) -> Tensor:
@@ -58,7 +58,7 @@ def binary_cross_entropy(prob: Tensor, target, eps: float = 1e-12) -> Tensor:
     P = xp.clip(prob.data, eps, 1 - eps)
     count = prob.size
     loss = -xp.sum(T * xp.log(P) + (1 - T) * xp.log(1 - P)) / count
-    return result(loss, xp, (prob,), lambda g: ((P - T) * (g / count) / (P * (1 - P)),))
+    return result(loss, xp, (prob,), lambda g, needs: ((P - T) * (g / count) / (P * (1 - P)),))
 
 
 def binary_cross_entropy_with_logits(logits: Tensor, target) -> Tensor:
@@ -67,7 +67,7 @@ def binary_cross_entropy_with_logits(logits: Tensor, target) -> Tensor:
     _check_same_shape("binary_cross_entropy_with_logits", logits, T)
     count = logits.size
     loss = xp.sum(xp.maximum(Z, 0.0) - Z * T + xp.log(1 + xp.exp(-xp.abs(Z)))) / count
-    return result(loss, xp, (logits,), lambda g: ((_sigmoid(xp, Z) - T) * (g / count),))
+    return result(loss, xp, (logits,), lambda g, needs: ((_sigmoid(xp, Z) - T) * (g / count),))
 
 
 def _as_distribution(target, logits: Tensor):
@@ -100,7 +100,7 @@ def cross_entropy(logits: Tensor, target) -> Tensor:
     log_prob = shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
     n = logits.shape[0]
     loss = -xp.sum(T * log_prob) / n
-    return result(loss, xp, (logits,), lambda g: ((xp.exp(log_prob) - T) * (g / n),))
+    return result(loss, xp, (logits,), lambda g, needs: ((xp.exp(log_prob) - T) * (g / n),))
 
 
 def nll_loss(log_prob: Tensor, target) -> Tensor:
@@ -108,7 +108,7 @@ def nll_loss(log_prob: Tensor, target) -> Tensor:
     xp = log_prob.xp
     T = _as_distribution(target, log_prob)
     n = log_prob.shape[0]
-    return result(-xp.sum(T * log_prob.data) / n, xp, (log_prob,), lambda g: (T * (-g / n),))
+    return result(-xp.sum(T * log_prob.data) / n, xp, (log_prob,), lambda g, needs: (T * (-g / n),))
 
 
 def kl_sparsity(activations: Tensor, rho: float = 0.05) -> Tensor:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import numpy as np
 
@@ -267,7 +268,7 @@ def mlp(
         if name is not None and name not in ACTIVATIONS:
             raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
     layers = []
-    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+    for i, (n_in, n_out) in enumerate(pairwise(sizes)):
         layers.append(Linear(n_in, n_out, init=init, dtype=dtype))
         last = i == len(sizes) - 2
         if not last:

@@ -60,7 +60,7 @@ class Optimizer:
     def update(self, numbers_of) -> None:
         """Move every parameter that has a gradient; `numbers_of(p)` gives this step's numbers for
         `p` (Python floats in an eager step, 0-d arrays of p's dtype in a captured one)."""
-        for p, state, immutable in zip(self.params, self.state, self._immutable):
+        for p, state, immutable in zip(self.params, self.state, self._immutable, strict=True):
             if p.grad is not None:
                 delta = self._delta(p, p.grad, state, numbers_of(p))
                 if immutable:
@@ -81,7 +81,7 @@ class Optimizer:
         if len(state_dict["state"]) != len(self.params):
             raise ValueError(f"optimizer state for {len(state_dict['state'])} parameters, but {len(self.params)} given")
         vars(self).update(state_dict["hyper"])
-        for p, saved, own in zip(self.params, state_dict["state"], self.state):
+        for p, saved, own in zip(self.params, state_dict["state"], self.state, strict=True):
             own.clear()
             own.update({k: p.xp.asarray(v, device=p.device) for k, v in saved.items()})
 

@@ -132,7 +132,7 @@ class TrainStep:
         """Put a step's outputs (state after the step, then gradients) back in place."""
         count = self._state_count()
         self._set_state(outputs[:count])
-        for p, grad in zip(self.params, outputs[count : count + len(self.params)]):
+        for p, grad in zip(self.params, outputs[count : count + len(self.params)], strict=True):
             p.grad = grad
 
     def _snapshot(self):
@@ -144,7 +144,7 @@ class TrainStep:
     def _restore(self, snapshot) -> None:
         params, state, steps, rng = snapshot
         self._set_state([*params, *(a for s in state for a in s.values())])
-        for own, saved in zip(self.optimizer.state, state):
+        for own, saved in zip(self.optimizer.state, state, strict=True):
             own.clear()
             own.update(saved)
         self.optimizer.steps = steps
@@ -234,7 +234,9 @@ class _NumberTable:
         values = self.values(numbers)
         if values != self._values:
             dtypes = [dt for dt in self.dtypes for _ in self.names]
-            self._arrays = [self.xp.asarray(v, dtype=dt, device=self.device) for v, dt in zip(values, dtypes)]
+            self._arrays = [
+                self.xp.asarray(v, dtype=dt, device=self.device) for v, dt in zip(values, dtypes, strict=True)
+            ]
             self._values = values
         return self._arrays
 
@@ -310,7 +312,7 @@ class _Graph:
 
         def body(*arrays):
             outputs = step._body(*arrays)
-            for before, after in zip(arrays[: len(self.buffers)], outputs):
+            for before, after in zip(arrays[: len(self.buffers)], outputs, strict=False):
                 if after is not before:  # rebound (optimizer state): write it where the next launch reads
                     before[...] = after
             return outputs
@@ -329,18 +331,20 @@ class _Graph:
     def _launch(self, x, y, current: list | None = None, copy_batch: bool = True):
         step = self.step
         current = step._state() if current is None else current
-        if any(a is not b for a, b in zip(current, self.buffers)):  # rebound since (load_state_dict, a check)
-            for buffer, array in zip(self.buffers, current):
+        if any(
+            a is not b for a, b in zip(current, self.buffers, strict=True)
+        ):  # rebound since (load_state_dict, a check)
+            for buffer, array in zip(self.buffers, current, strict=True):
                 if array is not buffer:
                     buffer[...] = array
             step._set_state(self.buffers, same_namespace=True)
         if copy_batch:
             self.x[...] = x
             self.y[...] = y
-        for buffer, value in zip(self.number_buffers, self.numbers.values(step.optimizer.numbers())):
+        for buffer, value in zip(self.number_buffers, self.numbers.values(step.optimizer.numbers()), strict=True):
             buffer[...] = value
         self.launch()
-        for p, grad in zip(step.params, self.grads):
+        for p, grad in zip(step.params, self.grads, strict=True):
             p.grad = grad
         step.mode = self.mode
         return self.loss, self.out
@@ -352,7 +356,7 @@ def _copy(array):
 
 def _first_mismatch(replayed: list, eager: list) -> str | None:
     """A description of the first pair of arrays that differ beyond rounding, or None."""
-    for i, (a, b) in enumerate(zip(replayed, eager)):
+    for i, (a, b) in enumerate(zip(replayed, eager, strict=True)):
         if a is None or b is None:
             if (a is None) != (b is None):
                 return f"array {i} is missing on one side"

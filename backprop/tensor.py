@@ -13,6 +13,7 @@ retain it, and no node points back at its own output, so a graph dies without th
 from __future__ import annotations
 
 import contextvars
+import functools
 import itertools
 from operator import attrgetter
 
@@ -112,7 +113,8 @@ def _size(shape) -> int:
 def result(data, xp, parents: tuple, backward) -> Tensor:
     """The output of an op: a graph node when a gradient is needed, a plain tensor otherwise.
 
-    `backward(g)` returns one gradient (or None) per parent, possibly at the broadcast shape.
+    `backward(g, needs)` gets the upstream gradient and one flag per parent (does it need a
+    gradient?) and returns one gradient (or None) per parent, possibly at the broadcast shape.
     It must never refer to the output tensor itself (that would be a reference cycle).
     """
     out = Tensor.__new__(Tensor)
@@ -143,7 +145,7 @@ def unbroadcast(xp, grad, shape):
     return xp.reshape(grad, shape)
 
 
-def _graph_freed(grad):
+def _graph_freed(grad, needs):
     raise RuntimeError(
         "backward through a graph that was already freed: pass retain_graph=True to the first backward()"
     )
@@ -197,8 +199,16 @@ def _backpropagate(root: Tensor, grad, retain_graph: bool, wanted):
             continue
         if wanted and id(node) in wanted:
             kept[id(node)] = g
-        for parent, pg in zip(node._parents, node._backward(g)):
-            if pg is None or not parent.requires_grad:
+        parents = node._parents
+        needs = tuple([parent.requires_grad for parent in parents])
+        parent_grads = node._backward(g, needs)
+        if len(parent_grads) != len(parents):
+            raise RuntimeError(
+                f"the backward of {node._backward.__qualname__} returned {len(parent_grads)} gradients "
+                f"for {len(parents)} inputs"
+            )
+        for parent, pg, need in zip(parents, parent_grads, needs, strict=True):
+            if pg is None or not need:
                 continue
             if pg.shape != parent.data.shape:
                 pg = unbroadcast(node.xp, pg, tuple(parent.data.shape))
@@ -244,13 +254,18 @@ class no_grad:
         _grad_enabled.reset(self._token)
 
     def __call__(self, function):
+        @functools.wraps(function)  # help() shows the function's own signature and docstring
         def wrapper(*args, **kwargs):
             with no_grad():
                 return function(*args, **kwargs)
 
-        wrapper.__name__, wrapper.__doc__ = function.__name__, function.__doc__
         return wrapper
 
 
 def is_grad_enabled() -> bool:
     return _grad_enabled.get()
+
+
+# The ops attach themselves to Tensor (methods, operators) as they are registered: importing them
+# here means a Tensor has all its methods whichever module is imported first.
+from backprop import ops  # noqa: E402, F401

@@ -297,7 +297,7 @@ def _free_after_last_use(lines: list[str], returned: str) -> list[str]:
     freed = [[] for _ in lines]
     for name, i in last_use.items():
         freed[i].append(name)
-    return [line + (f"; del {', '.join(names)}" if names else "") for line, names in zip(lines, freed)]
+    return [line + (f"; del {', '.join(names)}" if names else "") for line, names in zip(lines, freed, strict=True)]
 
 
 def trace(function, arrays) -> tuple[Program, list]:

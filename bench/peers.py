@@ -10,6 +10,8 @@ module they run on, `xp`: NumPy itself, or CuPy for the same code on a GPU.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 
 
@@ -20,7 +22,7 @@ def sigmoid(z, xp=np):
 def init_mlp(sizes, dtype, seed=0):
     rng = np.random.default_rng(seed)
     params = []
-    for n_in, n_out in zip(sizes, sizes[1:]):
+    for n_in, n_out in pairwise(sizes):
         weights = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(dtype)
         params += [weights, np.zeros(n_out, dtype)]
     return params
@@ -33,14 +35,14 @@ def sigmoid_loop_step(params, x, y, lr, _xp=np):
     """Per sample: forward, backward with outer products, summed; then one update (Nielsen)."""
     w1, b1, w2, b2 = params
     grads = [np.zeros_like(p) for p in params]
-    for xi, yi in zip(x, y):
+    for xi, yi in zip(x, y, strict=True):
         a1 = sigmoid(xi @ w1 + b1)
         a2 = sigmoid(a1 @ w2 + b2)
         d2 = (a2 - yi) * a2 * (1 - a2)
         d1 = (w2 @ d2) * a1 * (1 - a1)
-        for g, update in zip(grads, (np.outer(xi, d1), d1, np.outer(a1, d2), d2)):
+        for g, update in zip(grads, (np.outer(xi, d1), d1, np.outer(a1, d2), d2), strict=True):
             g += update
-    for p, g in zip(params, grads):
+    for p, g in zip(params, grads, strict=True):
         p -= (lr / len(x)) * g
 
 
@@ -99,7 +101,7 @@ def torch_step_factory(sizes, activation: str, loss: str, dtype, lr, params, dev
     import torch
 
     layers = []
-    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+    for i, (n_in, n_out) in enumerate(pairwise(sizes)):
         linear = torch.nn.Linear(n_in, n_out, dtype=getattr(torch, dtype), device=device)
         with torch.no_grad():
             linear.weight.copy_(torch.from_numpy(params[2 * i].T.copy()))
@@ -151,10 +153,10 @@ def layer_numpy(w1, b1, w2, b2, x, upstream, xp=np):
 def layer_outer_loop(w1, b1, w2, b2, x, upstream):
     """The weight gradients as a sum of per-sample outer products (the naive version)."""
     grads = [np.zeros_like(p) for p in (w1, b1, w2, b2)]
-    for xi, gi in zip(x, upstream):
+    for xi, gi in zip(x, upstream, strict=True):
         z = xi @ w1 + b1
         h = np.maximum(z, 0)
         dz = (w2 @ gi) * (z > 0)
-        for g, update in zip(grads, (np.outer(xi, dz), dz, np.outer(h, gi), gi)):
+        for g, update in zip(grads, (np.outer(xi, dz), dz, np.outer(h, gi), gi), strict=True):
             g += update
     return grads

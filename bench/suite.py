@@ -188,7 +188,7 @@ def _backprop(net: Net, params, batches, backend, where, capture: bool, sync, sc
     """backprop's training step (TrainStep, eager or captured) over `batches` on one backend."""
     with bp.use_backend(backend, where):
         model = bp.nn.mlp(list(net.sizes), net.activation, net.output, dtype=net.dtype)
-        model.load_state_dict({name: p for (name, _), p in zip(model.named_parameters(), params)})
+        model.load_state_dict({name: p for (name, _), p in zip(model.named_parameters(), params, strict=True)})
         be = bp.get_backend()
         data = [(be.asarray(x), be.asarray(y)) for x, y in batches]
     step = bp.TrainStep(model, bp.losses.LOSSES[net.loss], bp.optim.SGD(model.parameters(), lr=net.lr), capture)
@@ -302,7 +302,7 @@ def config_layer(dev: Device, n: int = 50_000) -> Config:
     label, backend, where = dev.backends[0]
     with bp.use_backend(backend, where):
         model = bp.nn.mlp([784, 128, 10], "relu", dtype="float64")
-        model.load_state_dict({name: p for (name, _), p in zip(model.named_parameters(), params)})
+        model.load_state_dict({name: p for (name, _), p in zip(model.named_parameters(), params, strict=True)})
         be = bp.get_backend()
         x, upstream = be.asarray(host_x), be.asarray(host_upstream)
         x_fortran = xp.asfortranarray(x)

@@ -67,7 +67,9 @@ def main(sizes=(20, 32, 16, 5), batch: int = 12, seed: int = 0) -> dict:
     engine_grads = [bp.to_numpy(g) for g in bp.grad(loss, model.parameters())]
     figures = {
         "loss_difference": abs(hand_loss - loss.item()),
-        "engine_max_difference": max(float(np.max(np.abs(a - b))) for a, b in zip(hand_grads, engine_grads)),
+        "engine_max_difference": max(
+            float(np.max(np.abs(a - b))) for a, b in zip(hand_grads, engine_grads, strict=True)
+        ),
     }
     if importlib.util.find_spec("torch"):
         figures["torch_max_difference"] = _torch_difference(linears, x, target, hand_grads)
@@ -85,7 +87,7 @@ def _torch_difference(linears, x, target, hand_grads) -> float:
         if i < len(params) - 2:
             out = torch.relu(out)
     torch.nn.functional.mse_loss(out, torch.tensor(target)).backward()
-    return max(float(np.max(np.abs(p.grad.numpy() - g))) for p, g in zip(params, hand_grads))
+    return max(float(np.max(np.abs(p.grad.numpy() - g))) for p, g in zip(params, hand_grads, strict=True))
 
 
 if __name__ == "__main__":

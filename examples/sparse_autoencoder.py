@@ -60,7 +60,7 @@ def main(m: int = 10_000, seed: int = 0) -> dict:
             p.data = p.data + 0.01 * np.random.default_rng(seed).standard_normal(p.shape)
         engine = [bp.to_numpy(g) for g in bp.grad(cost(model, bp.tensor(data)), model.parameters())]
     loop = loop_gradient(*(p.numpy() for p in model.parameters()), data)
-    difference = max(float(np.max(np.abs(a - b))) for a, b in zip(engine, loop))
+    difference = max(float(np.max(np.abs(a - b))) for a, b in zip(engine, loop, strict=True))
     print(f"sparse autoencoder 64-25-64, m={m}: vectorized vs per-sample loop, max difference {difference:.1e}")
     return {"max_difference": difference}
 

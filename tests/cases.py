@@ -14,7 +14,7 @@ import backprop as bp
 
 @dataclass(frozen=True)
 class Case:
-    op: str  # the op in bp.ops.DIFFERENTIABLE that this case checks
+    op: str  # the op in bp.ops.OPS that this case checks
     fn: object  # fn(F, *tensors) -> tensor
     shapes: tuple
     positive: bool = False  # inputs in (0.5, 2) instead of +-(0.2, 2)

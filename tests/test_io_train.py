@@ -15,7 +15,7 @@ def test_weights_round_trip_npz(tmp_path, backend):
     model, other = _spiral_model(0), _spiral_model(1)
     bp.io.save_weights(model, tmp_path / "w.npz")
     bp.io.load_weights(other, tmp_path / "w.npz")
-    for a, b in zip(model.parameters(), other.parameters()):
+    for a, b in zip(model.parameters(), other.parameters(), strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), strict=True)
 
 
@@ -98,7 +98,7 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
     whole, whole_history = run(4)
     run(2, checkpoint=tmp_path / "ckpt.npz")
     resumed, resumed_history = run(4, resume=tmp_path / "ckpt.npz")
-    for a, b in zip(whole.parameters(), resumed.parameters()):
+    for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), strict=True)
     assert resumed_history["loss"] == whole_history["loss"]
 

@@ -25,7 +25,7 @@ def test_parameters_are_found_by_reflection_with_dotted_names():
 def test_state_dict_round_trip_and_mismatches():
     source, target = _model(), nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Dropout(0.5), nn.Linear(4, 3, bias=False))
     target.load_state_dict(source.state_dict())
-    for (name, a), (_, b) in zip(source.named_parameters(), target.named_parameters()):
+    for (name, a), (_, b) in zip(source.named_parameters(), target.named_parameters(), strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), strict=True, err_msg=name)
     state = source.state_dict()
     with pytest.raises(KeyError, match=r"missing \['3.weight'\], unexpected \['3.weights'\]"):
@@ -107,5 +107,5 @@ def test_fused_linear_activation_equals_the_layers_one_by_one(backend):
         one_by_one = layer(one_by_one)
     separate = bp.grad(one_by_one.sum(), model.parameters())
     np.testing.assert_allclose(fused_out.numpy(), one_by_one.numpy(), rtol=1e-13, strict=True)
-    for a, b in zip(fused, separate):
+    for a, b in zip(fused, separate, strict=True):
         np.testing.assert_allclose(bp.to_numpy(a), bp.to_numpy(b), rtol=1e-13, atol=1e-15, strict=True)

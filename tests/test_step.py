@@ -47,7 +47,7 @@ def _train(capture: bool, optimizer: str, loss: str, events=(), model_factory=No
 
 
 def _assert_same_training(a, b, rtol=1e-12):  # float64: XLA's fused rounding (JAX) stays far inside
-    for got, want in zip(a[0], b[0]):
+    for got, want in zip(a[0], b[0], strict=True):
         np.testing.assert_allclose(got, want, rtol=rtol, atol=1e-14, strict=True)
     assert a[1] == pytest.approx(b[1], rel=rtol)
 
@@ -115,7 +115,7 @@ def test_a_replay_that_differs_from_the_eager_step_is_caught(backend):
     with pytest.warns(bp.CaptureWarning, match="replay differs from the eager step"):
         captured, mode = train(True)
     eager, _ = train(False)
-    for got, want in zip(captured, eager):
+    for got, want in zip(captured, eager, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-12, strict=True)
     assert mode == "eager"
 
@@ -158,7 +158,7 @@ def test_fit_with_capture_matches_fit_without(backend, monkeypatch):
     eager, expected = run(False)
     rtol = 1e-5 if BACKENDS[backend].capture == "jit" else 1e-12  # a compiler fuses: float32 rounding differs
     assert captured["loss"] == pytest.approx(eager["loss"], rel=rtol)
-    for got, want in zip(weights, expected):
+    for got, want in zip(weights, expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol, strict=True)
 
 
@@ -195,7 +195,7 @@ def _stand_in_graph_capture(function, inputs):
 
     saved = [namespace_of(a).asarray(a, copy=True) for a in inputs]
     program, outputs = trace(function, inputs)  # this runs the function: undo it
-    for array, value in zip(inputs, saved):
+    for array, value in zip(inputs, saved, strict=True):
         array[...] = value
     statics = [
         o if o is None or any(o is a for a in inputs) else namespace_of(o).asarray(o, copy=True) for o in outputs
@@ -205,7 +205,7 @@ def _stand_in_graph_capture(function, inputs):
             static[...] = float("nan")
 
     def launch():
-        for static, new in zip(statics, program(*inputs)):
+        for static, new in zip(statics, program(*inputs), strict=True):
             if static is not None and static is not new:
                 static[...] = new
 

@@ -38,7 +38,7 @@ def test_every_op_and_its_gradient_replays_on_new_inputs(backend, name):
     arrays = _backend_arrays([*second, rng.standard_normal(shape)])
     replayed, expected = program(*arrays), f(*arrays)
     assert len(replayed) == len(expected) == len(case.shapes) + 1
-    for got, want in zip(replayed, expected):
+    for got, want in zip(replayed, expected, strict=True):
         np.testing.assert_allclose(bp.to_numpy(got), bp.to_numpy(want), rtol=1e-12, atol=1e-14, strict=True)
 
 
@@ -68,7 +68,7 @@ def test_operators_literals_in_place_and_indexing(backend):
     host = [np.random.default_rng(0).uniform(0.1, 1, (3, 4)), np.random.default_rng(1).uniform(0.1, 1, (3, 4))]
     program, _ = trace(f, _backend_arrays(host))
     new = _backend_arrays([h[::-1] * 0.5 for h in host])
-    for got, want in zip(program(*new), f(*new)):
+    for got, want in zip(program(*new), f(*new), strict=True):
         np.testing.assert_allclose(bp.to_numpy(got), bp.to_numpy(want), rtol=1e-12, strict=True)
 
 

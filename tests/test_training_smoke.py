@@ -25,7 +25,7 @@ def _train_xor_like(steps: int = 300) -> tuple[float, float]:
         loss = ((out - y) ** 2).mean()
         grads = bp.grad(loss, params)
         with bp.no_grad():
-            params = [bp.Tensor(p.data - 2.0 * g, requires_grad=True) for p, g in zip(params, grads)]
+            params = [bp.Tensor(p.data - 2.0 * g, requires_grad=True) for p, g in zip(params, grads, strict=True)]
         losses.append(loss)
     return losses[0].item(), losses[-1].item()
 
