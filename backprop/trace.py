@@ -1,11 +1,15 @@
-"""Tracing: record the array calls a function makes, as a straight-line Python function to replay.
+"""Tracing: record the array calls a function makes, to replay them without the Python around them.
 
 `trace(function, arrays)` calls `function` once on stand-ins for `arrays`. The stand-ins compute
-for real (the call is not wasted) and record every array operation: namespace calls
-(`xp.tanh(a)`), operators (`a @ b`, `a -= b`), indexing and `.mT`. The record becomes the source
-of a Python function of the same arrays, compiled once. Replaying it makes the same array calls
-without the Python that decided on them: graph nodes, topological sorts, module calls. This is
-how `backprop.step.TrainStep` captures a training step on backends without CUDA graphs.
+for real (the call is not wasted) and record every array operation as a `Call` of a `Trace`:
+namespace functions (`xp.tanh(a)`), operators (`a @ b`, `a -= b`), indexing, `.mT`, and the
+backend entry's helpers (`set_at`, `scatter_add`). A Trace is plain data: the function called,
+its arguments (the `Var`s of earlier values, and constants) and the Vars it produced. From it
+`Program` generates a straight-line Python function, compiled once, that frees each intermediate
+after its last use; `Trace.run` interprets the same record; other replayers can consume it too.
+Replaying makes the same array calls without the Python that decided on them: graph nodes,
+topological sorts, module calls. This is how `backprop.step.TrainStep` captures a training step
+on backends without CUDA graphs.
 
 A trace holds only while the function would make the same calls again: same shapes and dtypes,
 and no decision taken on array values. Reading an array's value in Python (`float(a)`,
@@ -21,14 +25,16 @@ def program(a0, a1):
     return (v1,)
 >>> program(np.ones((2, 3)), np.full((3, 2), 2.0))[0].tolist()
 [[7.0, 7.0], [7.0, 7.0]]
+>>> [call.name or call.function.__name__ for call in program.trace.calls]
+['matmul', 'add']
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import operator
-import re
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from array_api_compat import device, is_array_api_obj
@@ -51,75 +57,260 @@ def _is_array(value) -> bool:
     return isinstance(value, np.generic) or is_array_api_obj(value)
 
 
-class Program:
-    """A traced function: call it with arrays like the ones it was traced with."""
+# --- the record ---
 
-    def __init__(self, source: str, names: dict):
-        self.source = source
-        scope = dict(names)
-        exec(compile(source, "<backprop trace>", "exec"), scope)
+
+class Var:
+    """A value of a trace: an input (`a0`, `a1`, ...) or a value a call computed (`v0`, ...)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Call:
+    """One recorded operation: `outputs = function(*args, **kwargs)`.
+
+    `args` and `kwargs` hold Vars and constants, also inside tuples, lists and slices (indexing
+    keys). A call that returns several arrays has `unpack` set and one output each; an in-place
+    operator (`a -= b`) outputs the Var it rebinds; a write (`a[k] = b`) outputs nothing. `name`
+    is the global through which the generated source calls `function` ("" for Python syntax:
+    operators, indexing, attributes).
+    """
+
+    function: Any
+    args: tuple
+    kwargs: dict
+    outputs: tuple
+    name: str = ""
+    unpack: bool = False
+
+
+class Trace:
+    """What one call of a function did to arrays: its inputs, its calls in order, what it returned
+    (Vars, constants, or None)."""
+
+    def __init__(self, inputs: list, calls: list, outputs: list):
+        self.inputs, self.calls, self.outputs = inputs, calls, outputs
+
+    def deaths(self) -> list[list]:
+        """For each call, the intermediates no later call uses and the trace does not return:
+        a replay may free them right after it (as the eager engine frees its graph)."""
+        last = {}
+        for i, call in enumerate(self.calls):
+            for var in _vars_in((call.args, call.kwargs, call.outputs)):
+                last[var] = i
+        for var in (*self.inputs, *_vars_in(self.outputs)):
+            last.pop(var, None)
+        dying = [[] for _ in self.calls]
+        for var, i in last.items():
+            dying[i].append(var)
+        return dying
+
+    def run(self, *arrays) -> list:
+        """Replay the record by interpreting it, call by call (the generated Program does the same
+        work without the interpretation)."""
+        values = dict(zip(self.inputs, arrays, strict=True))
+        for call, dead in zip(self.calls, self.deaths(), strict=True):
+            args = _resolve(call.args, values)
+            result = call.function(*args, **{k: _resolve(v, values) for k, v in call.kwargs.items()})
+            values.update(zip(call.outputs, result if call.unpack else (result,) * len(call.outputs), strict=True))
+            for var in dead:
+                del values[var]
+        return [_resolve(out, values) for out in self.outputs]
+
+
+def _vars_in(value):
+    """The Vars inside an argument (tuples, lists, dicts and slices searched)."""
+    if isinstance(value, Var):
+        yield value
+    elif type(value) in (tuple, list):
+        for item in value:
+            yield from _vars_in(item)
+    elif type(value) is dict:
+        yield from _vars_in(list(value.values()))
+    elif type(value) is slice:
+        yield from _vars_in((value.start, value.stop, value.step))
+
+
+def _resolve(value, values: dict):
+    """An argument with its Vars replaced by their values."""
+    if isinstance(value, Var):
+        return values[value]
+    if type(value) in (tuple, list):
+        return type(value)(_resolve(v, values) for v in value)
+    if type(value) is slice:
+        return slice(*(_resolve(v, values) for v in (value.start, value.stop, value.step)))
+    return value
+
+
+# --- the generated program ---
+
+_ARITHMETIC = {
+    "add": "+",
+    "sub": "-",
+    "mul": "*",
+    "truediv": "/",
+    "floordiv": "//",
+    "mod": "%",
+    "pow": "**",
+    "matmul": "@",
+    "and": "&",
+    "or": "|",
+    "xor": "^",
+    "lshift": "<<",
+    "rshift": ">>",
+}  # fmt: skip (dunder names: __add__, __radd__, __iadd__)
+_COMPARISONS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+
+
+def _operator(name: str):
+    return getattr(operator, name + "_" if name in ("and", "or") else name)
+
+
+_INFIX = {_operator(name): symbol for name, symbol in {**_ARITHMETIC, **_COMPARISONS}.items()}
+_IN_PLACE = {getattr(operator, "i" + name): symbol for name, symbol in _ARITHMETIC.items()}
+_UNARY = {operator.neg: "-{}", operator.pos: "+{}", operator.invert: "~{}", operator.abs: "abs({})"}
+MATRIX_TRANSPOSE, TRANSPOSE = operator.attrgetter("mT"), operator.attrgetter("T")  # `.mT`, `.T`
+_ATTRIBUTES = {MATRIX_TRANSPOSE: "{}.mT", TRANSPOSE: "{}.T"}
+
+
+def _paren(source: str) -> str:
+    """An operand that is not a name or an unsigned number gets parentheses (`(-1) ** v0`)."""
+    return source if source.isidentifier() or source.replace(".", "", 1).isdigit() else f"({source})"
+
+
+class Program:
+    """A trace as a compiled straight-line Python function: call it with arrays like the ones it
+    was traced with. `source` is its text; `trace` the record it was generated from."""
+
+    def __init__(self, trace: Trace):
+        self.trace = trace
+        self._globals: dict = {}
+        self.source = self._generate()
+        scope = dict(self._globals)
+        exec(compile(self.source, "<backprop trace>", "exec"), scope)
         self._function = scope["program"]
 
     def __call__(self, *arrays):
         return self._function(*arrays)
 
     def __repr__(self) -> str:
-        return f"Program({self.source.count(chr(10)) - 2} array calls)"
+        return f"Program({len(self.trace.calls)} array calls)"
+
+    def _generate(self) -> str:
+        trace = self.trace
+        lines = []
+        for call, dead in zip(trace.calls, trace.deaths(), strict=True):
+            freed = f"; del {', '.join(var.name for var in dead)}" if dead else ""
+            lines.append(f"    {self._statement(call)}{freed}\n")
+        returned = ", ".join(self._render(out) for out in trace.outputs)
+        arguments = ", ".join(var.name for var in trace.inputs)
+        return f"def program({arguments}):\n{''.join(lines)}    return ({returned}{',' if trace.outputs else ''})"
+
+    def _statement(self, call: Call) -> str:
+        args = [self._render(a) for a in call.args]
+        if call.function in _IN_PLACE:
+            return f"{args[0]} {_IN_PLACE[call.function]}= {_paren(args[1])}"
+        if call.function is operator.setitem:
+            return f"{args[0]}[{args[1]}] = {args[2]}"
+        targets = ", ".join(var.name for var in call.outputs) + ("," if call.unpack else "")
+        return f"{targets} = {self._expression(call, args)}"
+
+    def _expression(self, call: Call, args: list) -> str:
+        function = call.function
+        if call.name:
+            arguments = args + [f"{k}={self._render(v)}" for k, v in call.kwargs.items()]
+            return f"{self._bind(call.name, function)}({', '.join(arguments)})"
+        if function in _INFIX:
+            return f"{_paren(args[0])} {_INFIX[function]} {_paren(args[1])}"
+        if function is operator.getitem:
+            return f"{args[0]}[{args[1]}]"
+        if function in _UNARY:
+            return _UNARY[function].format(_paren(args[0]))
+        return _ATTRIBUTES[function].format(args[0])
+
+    def _render(self, value) -> str:
+        """An argument as source: a Var's name, a literal, or the name of a bound constant."""
+        if isinstance(value, Var):
+            return value.name
+        kind = type(value)
+        if value is None or value is Ellipsis or kind in (bool, int, str) or (kind is float and math.isfinite(value)):
+            return repr(value)
+        if kind is list:
+            return f"[{', '.join(self._render(v) for v in value)}]"
+        if kind is tuple:
+            return f"({', '.join(self._render(v) for v in value)}{',' if len(value) == 1 else ''})"
+        if kind is slice:
+            return f"slice({self._render(value.start)}, {self._render(value.stop)}, {self._render(value.step)})"
+        for bound, existing in self._globals.items():  # dtypes, devices: one global per object
+            if existing is value and bound.startswith("c"):
+                return bound
+        return self._bind(f"c{sum(name.startswith('c') for name in self._globals)}", value)
+
+    def _bind(self, name: str, value) -> str:
+        """`name` (or `name_1`, ... if it is taken by another object) as a global for `value`."""
+        unique, count = name, 1
+        while unique in self._globals and self._globals[unique] is not value:
+            unique, count = f"{name}_{count}", count + 1
+        self._globals[unique] = value
+        return unique
+
+
+# --- recording ---
 
 
 class _Recorder:
-    """The lines of a trace and the objects its source refers to by name."""
+    """Builds a Trace: the calls the stand-ins of one trace make."""
 
     def __init__(self, xp):
         self.xp = xp
         self.namespace = _Namespace(self)
-        self.lines: list[str] = []
-        self.names: dict = {}  # name in the source -> object (functions, dtypes, devices)
-        self._ids = itertools.count()
+        self.calls: list[Call] = []
+        self._count = 0
 
-    def emit(self, expression: str, value):
-        """Record `name = expression` for the array `value` (or a tuple of arrays); its stand-in."""
+    def record(self, function, args: tuple, kwargs: dict, value, name: str = ""):
+        """Append the call that computed `value` (an array, or a tuple or list of arrays); the
+        stand-in(s) for `value`."""
+        arguments, keywords = self.argument(args), {k: self.argument(v) for k, v in kwargs.items()}
         if isinstance(value, (tuple, list)) and value and all(_is_array(v) for v in value):
-            outs = [Traced(v, f"v{next(self._ids)}", self) for v in value]
-            self.lines.append(f"{', '.join(o.name for o in outs)}, = {expression}")
-            return type(value)(outs)
+            outs = type(value)(Traced(v, self._new_var(), self) for v in value)
+            self.calls.append(Call(function, arguments, keywords, tuple(o.var for o in outs), name, unpack=True))
+            return outs
         if not _is_array(value):
-            raise TraceError(f"{expression} gave a {type(value).__name__}, not an array")
-        out = Traced(value, f"v{next(self._ids)}", self)
-        self.lines.append(f"{out.name} = {expression}")
+            what = name or getattr(function, "__name__", function)
+            raise TraceError(f"{what} gave a {type(value).__name__}, not an array")
+        out = Traced(value, self._new_var(), self)
+        self.calls.append(Call(function, arguments, keywords, (out.var,), name))
         return out
 
-    def source_of(self, value) -> str:
-        """`value` as source text: a stand-in's name, a literal, or the name of a bound object."""
+    def argument(self, value):
+        """`value` as the record holds it: a stand-in's Var, or a constant (arrays cannot be)."""
         if isinstance(value, Traced):
             if value.recorder is not self:
                 raise TraceError("an array from another trace was used in this one")
-            return value.name
+            return value.var
         kind = type(value)
-        if value is None or value is Ellipsis or kind in (bool, int, str):
-            return repr(value)
-        if kind is float and math.isfinite(value):
-            return repr(value)
-        if kind is list:
-            return f"[{', '.join(self.source_of(v) for v in value)}]"
-        if kind is tuple:
-            return f"({', '.join(self.source_of(v) for v in value)}{',' if len(value) == 1 else ''})"
+        if kind in (tuple, list):
+            return kind(self.argument(v) for v in value)
         if kind is slice:
-            return f"slice({self.source_of(value.start)}, {self.source_of(value.stop)}, {self.source_of(value.step)})"
+            return slice(self.argument(value.start), self.argument(value.stop), self.argument(value.step))
         if _is_array(value) and not isinstance(value, np.generic):
             raise TraceError(
                 f"an array of shape {tuple(value.shape)} that is not an input of the traced step was used in it: "
                 "its value would be frozen into the replay (host random numbers, such as Dropout's, cannot be "
                 "traced; arrays the step reads must be its inputs)"
             )
-        name = f"c{len(self.names)}"
-        self.names[name] = value
-        return name
+        return value
 
-    def bind(self, name: str, value) -> str:
-        """A global of the generated source (one per namespace function)."""
-        self.names[name] = value
-        return name
+    def _new_var(self) -> Var:
+        self._count += 1
+        return Var(f"v{self._count - 1}")
 
 
 def _unwrap(value):
@@ -131,42 +322,38 @@ def _unwrap(value):
     return value
 
 
-def _paren(source: str) -> str:
-    """An operand that is not a name or an unsigned number gets parentheses (`(-1) ** v0`)."""
-    return source if source.isidentifier() or source.replace(".", "", 1).isdigit() else f"({source})"
-
-
 class Traced:
-    """An array inside a trace: its concrete value and its name in the recorded program."""
+    """An array inside a trace: its concrete value and the Var that stands for it in the record."""
 
-    __slots__ = ("value", "name", "recorder")
+    __slots__ = ("value", "var", "recorder")
     __array_ufunc__ = None  # NumPy defers `ndarray * Traced` to Traced.__rmul__ (which refuses it)
     __hash__ = object.__hash__
 
-    def __init__(self, value, name: str, recorder: _Recorder):
-        self.value, self.name, self.recorder = value, name, recorder
+    def __init__(self, value, var: Var, recorder: _Recorder):
+        self.value, self.var, self.recorder = value, var, recorder
 
     def __array_namespace__(self, api_version=None):
         return self.recorder.namespace
 
+    name = property(lambda self: self.var.name)
     shape = property(lambda self: tuple(self.value.shape))
     dtype = property(lambda self: self.value.dtype)
     ndim = property(lambda self: self.value.ndim)
     size = property(lambda self: math.prod(self.value.shape))
     device = property(lambda self: device(self.value))
-    mT = property(lambda self: self.recorder.emit(f"{self.name}.mT", self.value.mT))
-    T = property(lambda self: self.recorder.emit(f"{self.name}.T", self.value.T))
+    mT = property(lambda self: self.recorder.record(MATRIX_TRANSPOSE, (self,), {}, self.value.mT))
+    T = property(lambda self: self.recorder.record(TRANSPOSE, (self,), {}, self.value.T))
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, key):
-        return self.recorder.emit(f"{self.name}[{self.recorder.source_of(key)}]", self.value[_unwrap(key)])
+        return self.recorder.record(operator.getitem, (self, key), {}, self.value[_unwrap(key)])
 
     def __setitem__(self, key, value) -> None:
-        key_source, value_source = self.recorder.source_of(key), self.recorder.source_of(value)
+        arguments = self.recorder.argument((self, key, value))
         self.value[_unwrap(key)] = _unwrap(value)  # immutable arrays refuse, as they would outside a trace
-        self.recorder.lines.append(f"{self.name}[{key_source}] = {value_source}")
+        self.recorder.calls.append(Call(operator.setitem, arguments, {}, ()))
 
     def _read(self, *_):
         raise TraceError(
@@ -185,45 +372,36 @@ class Traced:
         return f"Traced({self.name}, shape={self.shape}, dtype={self.dtype})"
 
 
-_BINARY = {
-    "add": "+", "sub": "-", "mul": "*", "truediv": "/", "floordiv": "//", "mod": "%", "pow": "**",
-    "matmul": "@", "and": "&", "or": "|", "xor": "^", "lshift": "<<", "rshift": ">>",
-}  # fmt: skip
-_COMPARISONS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
-
-
-def _binary(symbol: str, op, reflected: bool):
+def _binary(op, reflected: bool):
     def method(self, other):
-        rec = self.recorder
-        left, right = (rec.source_of(other), self.name) if reflected else (self.name, rec.source_of(other))
-        a, b = (_unwrap(other), self.value) if reflected else (self.value, _unwrap(other))
-        return rec.emit(f"{_paren(left)} {symbol} {_paren(right)}", op(a, b))
+        args = (other, self) if reflected else (self, other)
+        return self.recorder.record(op, args, {}, op(*_unwrap(args)))
 
     return method
 
 
-def _in_place(symbol: str, op):
+def _unary(op):
+    return lambda self: self.recorder.record(op, (self,), {}, op(self.value))
+
+
+def _in_place(op):
     def method(self, other):
+        arguments = self.recorder.argument((self, other))
         self.value = op(self.value, _unwrap(other))  # in place where the backend's arrays are mutable
-        self.recorder.lines.append(f"{self.name} {symbol}= {_paren(self.recorder.source_of(other))}")
+        self.recorder.calls.append(Call(op, arguments, {}, (self.var,)))
         return self
 
     return method
 
 
-def _unary(template: str, op):
-    return lambda self: self.recorder.emit(template.format(self.name), op(self.value))
-
-
-for _name, _symbol in _BINARY.items():
-    _op = getattr(operator, _name + "_" if _name in ("and", "or") else _name)
-    setattr(Traced, f"__{_name}__", _binary(_symbol, _op, reflected=False))
-    setattr(Traced, f"__r{_name}__", _binary(_symbol, _op, reflected=True))
-    setattr(Traced, f"__i{_name}__", _in_place(_symbol, getattr(operator, f"i{_name}")))
-for _name, _symbol in _COMPARISONS.items():
-    setattr(Traced, f"__{_name}__", _binary(_symbol, getattr(operator, _name), reflected=False))
-for _name, _template in {"neg": "-{}", "pos": "+{}", "invert": "~{}", "abs": "abs({})"}.items():
-    setattr(Traced, f"__{_name}__", _unary(_template, getattr(operator, _name)))
+for _name in _ARITHMETIC:
+    setattr(Traced, f"__{_name}__", _binary(_operator(_name), reflected=False))
+    setattr(Traced, f"__r{_name}__", _binary(_operator(_name), reflected=True))
+    setattr(Traced, f"__i{_name}__", _in_place(getattr(operator, "i" + _name)))
+for _name in _COMPARISONS:
+    setattr(Traced, f"__{_name}__", _binary(_operator(_name), reflected=False))
+for _op in _UNARY:
+    setattr(Traced, f"__{_op.__name__}__", _unary(_op))
 
 
 class _Namespace:
@@ -248,15 +426,13 @@ class _Namespace:
 
 
 def _recorded(recorder: _Recorder, name: str, real):
-    """`real`, run on concrete values and recorded as a call of the global `name` when it gives arrays."""
+    """`real`, run on concrete values and recorded (as a call of the global `name`) when it gives arrays."""
 
     def call(*args, **kwargs):
         value = real(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()})
         if not (_is_array(value) or (isinstance(value, (tuple, list)) and value and _is_array(value[0]))):
             return value
-        arguments = [recorder.source_of(a) for a in args]
-        arguments += [f"{k}={recorder.source_of(v)}" for k, v in kwargs.items()]
-        return recorder.emit(f"{recorder.bind(name, real)}({', '.join(arguments)})", value)
+        return recorder.record(real, args, kwargs, value, name)
 
     return call
 
@@ -282,24 +458,6 @@ class _TracedEntry:
         array._read()
 
 
-_INTERMEDIATE = re.compile(r"\bv\d+\b")
-
-
-def _free_after_last_use(lines: list[str], returned: str) -> list[str]:
-    """`lines` with `del` after each intermediate's last use, so a replay frees memory as the
-    eager engine does (a local would otherwise keep every intermediate alive until the return)."""
-    last_use = {}
-    for i, line in enumerate(lines):
-        for name in _INTERMEDIATE.findall(line):
-            last_use[name] = i
-    for name in _INTERMEDIATE.findall(returned):
-        last_use.pop(name, None)
-    freed = [[] for _ in lines]
-    for name, i in last_use.items():
-        freed[i].append(name)
-    return [line + (f"; del {', '.join(names)}" if names else "") for line, names in zip(lines, freed, strict=True)]
-
-
 def trace(function, arrays) -> tuple[Program, list]:
     """Call `function(*stand_ins)` once; return its record as a Program of the same arrays, and
     what this call returned (concrete arrays).
@@ -310,9 +468,7 @@ def trace(function, arrays) -> tuple[Program, list]:
     if not arrays:
         raise ValueError("trace needs at least one input array")
     recorder = _Recorder(namespace_of(arrays[0]))
-    inputs = [Traced(a, f"a{i}", recorder) for i, a in enumerate(arrays)]
+    inputs = [Traced(a, Var(f"a{i}"), recorder) for i, a in enumerate(arrays)]
     outputs = list(function(*inputs))
-    returned = ", ".join(recorder.source_of(out) for out in outputs)
-    body = "".join(f"    {line}\n" for line in _free_after_last_use(recorder.lines, returned))
-    source = f"def program({', '.join(t.name for t in inputs)}):\n{body}    return ({returned}{',' if outputs else ''})"
-    return Program(source, recorder.names), [_unwrap(out) for out in outputs]
+    record = Trace([t.var for t in inputs], recorder.calls, [recorder.argument(out) for out in outputs])
+    return Program(record), [_unwrap(out) for out in outputs]

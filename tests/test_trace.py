@@ -36,10 +36,11 @@ def test_every_op_and_its_gradient_replays_on_new_inputs(backend, name):
     program, _ = trace(f, _backend_arrays([*first, rng.standard_normal(shape)]))
 
     arrays = _backend_arrays([*second, rng.standard_normal(shape)])
-    replayed, expected = program(*arrays), f(*arrays)
-    assert len(replayed) == len(expected) == len(case.shapes) + 1
-    for got, want in zip(replayed, expected, strict=True):
+    replayed, interpreted, expected = program(*arrays), program.trace.run(*arrays), f(*arrays)
+    assert len(replayed) == len(interpreted) == len(expected) == len(case.shapes) + 1
+    for got, other, want in zip(replayed, interpreted, expected, strict=True):
         np.testing.assert_allclose(bp.to_numpy(got), bp.to_numpy(want), rtol=1e-12, atol=1e-14, strict=True)
+        np.testing.assert_array_equal(bp.to_numpy(other), bp.to_numpy(got), strict=True)
 
 
 def test_source_is_straight_line_and_frees_intermediates():
@@ -70,6 +71,58 @@ def test_operators_literals_in_place_and_indexing(backend):
     new = _backend_arrays([h[::-1] * 0.5 for h in host])
     for got, want in zip(program(*new), f(*new), strict=True):
         np.testing.assert_allclose(bp.to_numpy(got), bp.to_numpy(want), rtol=1e-12, strict=True)
+
+
+def test_the_record_is_data_from_which_source_and_lifetimes_are_derived():
+    def f(a, b):
+        c = a @ b
+        c -= 1.0  # in place: rebinds c
+        d = bp.backend.namespace_of(a).tanh(c)
+        d[0, :] = b[0, :2]  # a write: no output
+        return [d * 2.0, c]
+
+    program, _ = trace(f, [np.ones((2, 3)), np.ones((3, 2))])
+    calls = program.trace.calls
+    assert [call.name or call.function.__name__ for call in calls] == [
+        "matmul",
+        "isub",
+        "xp_tanh",
+        "getitem",
+        "setitem",
+        "mul",
+    ]
+    matmul, isub, tanh, getitem, setitem, mul = calls
+    a0, a1 = program.trace.inputs
+    assert matmul.args == (a0, a1) and isub.outputs == matmul.outputs and isub.args[1] == 1.0
+    assert tanh.args == matmul.outputs and setitem.outputs == () and setitem.args[0] is tanh.outputs[0]
+    assert program.trace.outputs == [mul.outputs[0], matmul.outputs[0]]
+    # v2 (b's slice) dies at the write, v1 (tanh) at the product; v0 is returned, a0 and a1 are inputs
+    assert [[v.name for v in dead] for dead in program.trace.deaths()] == [[], [], [], [], ["v2"], ["v1"]]
+    assert program.source.splitlines()[1:] == [
+        "    v0 = a0 @ a1",
+        "    v0 -= 1.0",
+        "    v1 = xp_tanh(v0)",
+        "    v2 = a1[(0, slice(None, 2, None))]",
+        "    v1[(0, slice(None, None, None))] = v2; del v2",
+        "    v3 = v1 * 2.0; del v1",
+        "    return (v3, v0,)",
+    ]
+
+
+def test_backend_helpers_are_recorded_as_calls_of_the_backend():
+    """A replay scatters with the backend's own scatter-add (np.add.at), not a stand-in's fallback."""
+    from backprop.backends import backend_of
+
+    def f(a):
+        t = bp.Tensor(a, requires_grad=True)
+        out = bp.take(t, [2, 0, 2], axis=1)[1:, :].sum()
+        return bp.grad(out, [t])
+
+    program, _ = trace(f, [np.ones((3, 4))])
+    helpers = {call.name: call.function for call in program.trace.calls if call.name in ("set_at", "scatter_add")}
+    numpy_entry = backend_of(bp.backend.NUMPY)
+    assert helpers == {"set_at": numpy_entry.set_at, "scatter_add": numpy_entry.scatter_add}
+    np.testing.assert_array_equal(program(np.ones((3, 4)))[0], [[0, 0, 0, 0], [1, 0, 2, 0], [1, 0, 2, 0]])
 
 
 def test_the_traced_call_computes_for_real():
