@@ -122,6 +122,11 @@ def dtype_name(dtype) -> str:
     return dtype if isinstance(dtype, str) else str(dtype).rsplit(".", 1)[-1]
 
 
+def copy_array(array):
+    """A copy of `array` on its own backend and device."""
+    return namespace_of(array).asarray(array, copy=True)
+
+
 def to_numpy(array) -> np.ndarray:
     """Copy any backend's array to a host NumPy array."""
     if isinstance(array, (np.ndarray, np.generic)):  # NumPy gives scalars for 0-d results

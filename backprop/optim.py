@@ -1,4 +1,5 @@
-"""Optimizers: SGD (momentum, Nesterov, weight decay), Adam and AdamW.
+"""Optimizers (SGD with momentum, Nesterov and weight decay; Adam and AdamW), a learning-rate
+schedule, and gradient clipping as a gradient hook.
 
 Updates write into the parameter arrays where the backend allows it and rebind them where its
 arrays are immutable (JAX).
@@ -16,19 +17,23 @@ from __future__ import annotations
 
 import math
 
-from backprop.backend import to_numpy
+from backprop.backend import copy_array, namespace_of, to_numpy
 from backprop.backends import backend_of
 from backprop.tensor import Tensor
 
+_END = object()  # marks an exhausted iterator
+
 
 class Optimizer:
-    """Holds the parameters and per-parameter state; subclasses define `_delta`.
+    """Holds the parameters, their state arrays and the step count; subclasses define `_delta`.
 
-    A step is two parts: `numbers()`, the Python numbers of this step that change during
-    training (the learning rate, bias corrections), and `update(...)`, the array work, which
-    changes no Python state. A captured step (backprop.step.TrainStep) replays the array work and
-    passes the numbers in as arrays, so schedules keep working. Any other Python number the update
-    reads is named in `hyperparameters`: a captured step captures again when one changes.
+    A step is two parts: `start_step()`, which counts the step and gives its Python numbers that
+    change during training (the learning rate, bias corrections), and `update(grads, ...)`, the
+    array work, which changes no Python state. A captured step (backprop.step.TrainStep) replays
+    the array work and passes the numbers in as arrays, so schedules keep working. Any other
+    Python number the update reads is named in `hyperparameters`: a captured step captures again
+    when one changes. The state arrays are read and replaced through `state_arrays()` and
+    `load_state_arrays()`, in a fixed order that `state_names()` describes.
     """
 
     hyperparameters: tuple[str, ...] = ()
@@ -49,20 +54,26 @@ class Optimizer:
             p.grad = None
 
     def step(self) -> None:
+        """Update every parameter by its `.grad` (one that has none stays)."""
+        numbers = self.start_step()
+        self.update([p.grad for p in self.params], lambda p: numbers)
+
+    def start_step(self) -> dict:
+        """Count a step; the numbers of that step (see `numbers`)."""
         self.steps += 1
-        numbers = self.numbers()
-        self.update(lambda p: numbers)
+        return self.numbers()
 
     def numbers(self) -> dict:
         """This step's numbers that change during training (after `steps` has counted the step)."""
         return {"lr": self.lr}
 
-    def update(self, numbers_of) -> None:
-        """Move every parameter that has a gradient; `numbers_of(p)` gives this step's numbers for
-        `p` (Python floats in an eager step, 0-d arrays of p's dtype in a captured one)."""
-        for p, state, immutable in zip(self.params, self.state, self._immutable, strict=True):
-            if p.grad is not None:
-                delta = self._delta(p, p.grad, state, numbers_of(p))
+    def update(self, grads, numbers_of) -> None:
+        """Move each parameter by its gradient in `grads` (one per parameter; None: leave it);
+        `numbers_of(p)` gives this step's numbers for `p` (Python floats in an eager step, 0-d
+        arrays of p's dtype in a captured one)."""
+        for p, grad, state, immutable in zip(self.params, grads, self.state, self._immutable, strict=True):
+            if grad is not None:
+                delta = self._delta(p, grad, state, numbers_of(p))
                 if immutable:
                     p.data = p.data - delta
                 else:
@@ -71,6 +82,41 @@ class Optimizer:
     def _delta(self, p: Tensor, grad, state: dict, numbers: dict):
         """What to subtract from `p` this step."""
         raise NotImplementedError
+
+    def state_names(self) -> tuple:
+        """The names of each parameter's state arrays, in the order of `state_arrays()`."""
+        return tuple([tuple(state) for state in self.state])
+
+    def state_arrays(self) -> list:
+        """Every state array, parameter by parameter (the order `state_names()` describes)."""
+        return [array for state in self.state for array in state.values()]
+
+    def load_state_arrays(self, arrays) -> None:
+        """Replace the state arrays by `arrays`, given in the order of `state_arrays()`."""
+        it = iter(arrays)
+        try:
+            for state in self.state:
+                for name in state:
+                    state[name] = next(it)
+        except StopIteration:
+            raise ValueError(self._count_error(arrays)) from None
+        if next(it, _END) is not _END:
+            raise ValueError(self._count_error(arrays))
+
+    def _count_error(self, arrays) -> str:
+        count = sum(len(state) for state in self.state)
+        return f"{len(list(arrays))} state arrays given for a {type(self).__name__} state of {count}"
+
+    def snapshot(self):
+        """Copies of the state and the step count, for `restore` (to undo steps)."""
+        return self.steps, [{name: copy_array(array) for name, array in state.items()} for state in self.state]
+
+    def restore(self, snapshot) -> None:
+        steps, states = snapshot
+        self.steps = steps
+        for own, saved in zip(self.state, states, strict=True):
+            own.clear()
+            own.update(saved)
 
     def state_dict(self) -> dict:
         """Hyper-parameters, step count and per-parameter state (host NumPy arrays)."""
@@ -151,6 +197,34 @@ class AdamW(Adam):
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+
+class ClipGradNorm:
+    """A gradient hook: scale all gradients together so that their total L2 norm is at most
+    `max_norm` (PyTorch's `clip_grad_norm_`). Pass it to `TrainStep(..., gradient_hooks=[...])`
+    or `fit(..., gradient_hooks=[...])`; it is array work only, so a captured step captures it too.
+
+    >>> import numpy as np, backprop as bp
+    >>> clipped = bp.optim.ClipGradNorm(1.0)([np.array([3.0, 4.0]), None])
+    >>> np.round(clipped[0], 6).tolist(), clipped[1]
+    ([0.6, 0.8], None)
+    """
+
+    def __init__(self, max_norm: float, eps: float = 1e-6):
+        if not max_norm > 0:
+            raise ValueError(f"max_norm must be positive, got {max_norm}")
+        self.max_norm, self.eps = float(max_norm), eps
+
+    def __call__(self, grads: list) -> list:
+        present = [g for g in grads if g is not None]
+        if not present:
+            return list(grads)
+        xp = namespace_of(present[0])
+        total = xp.sum(present[0] * present[0])
+        for g in present[1:]:
+            total = total + xp.sum(g * g)
+        scale = xp.minimum(self.max_norm / (xp.sqrt(total) + self.eps), 1.0)
+        return [None if g is None else g * xp.astype(scale, g.dtype) for g in grads]
 
 
 class ExponentialDecay:

@@ -1,12 +1,26 @@
 """TrainStep: one training step as a callable, captured once and replayed.
 
-A step clears the gradients, runs the model and the loss, backpropagates and updates the
-parameters. `TrainStep(..., capture=False)` does exactly that each call. With `capture=True` (the
+The step protocol, which every path below follows (eager, traced, jit, CUDA graph):
+
+1. the optimizer counts the step and gives its numbers (`start_step()`: lr, bias corrections);
+2. gradients are cleared; forward, loss, backward;
+3. the gradient hooks run, in order, on the list of gradients (`hook(grads) -> grads`): this is
+   where a data-parallel all-reduce or gradient clipping (`bp.optim.ClipGradNorm`) plugs in;
+   `.grad` then holds what they returned;
+4. the optimizer updates the parameters from those gradients (`update(grads, numbers)`).
+
+The arrays a step reads are its state (the parameters, then the optimizer's state arrays), the
+step's numbers, and the batch; it returns the state after the step, the gradients, the loss and
+the outputs. `StepFunction` holds that protocol, and `Layout` says where each part sits in the
+flat lists a replay takes and returns.
+
+`TrainStep(..., capture=False)` runs the protocol eagerly on every call. With `capture=True` (the
 default), calls for one input shape go: the first runs eagerly (a warm-up: optimizer state
 appears, labels are checked, and once the optimizer has state a second warm-up follows); the next
-records the step: a CUDA graph on CuPy, a traced program (backprop.trace) elsewhere, compiled by
-XLA on JAX; the one after replays the record and checks it once against an eager step. From then
-on calls replay: no graph nodes, no module calls, and on a GPU no Python between kernels.
+records the step as the backend entry says: a CUDA graph on CuPy, a traced program
+(backprop.trace) elsewhere, compiled by XLA on JAX; the one after replays the record and checks it
+once against an eager step. From then on calls replay: no graph nodes, no module calls, and on a
+GPU no Python between kernels.
 
 What a capture assumes, as torch.compile and CUDA graphs do: for inputs of one shape the step
 makes the same array calls every time. The learning rate and Adam's bias corrections are passed
@@ -35,10 +49,10 @@ import warnings
 
 import numpy as np
 
-from backprop.backend import get_rng_state, namespace_of, set_rng_state, to_numpy
+from backprop.backend import copy_array, get_rng_state, namespace_of, set_rng_state, to_numpy
 from backprop.backends import backend_of
+from backprop.replay import GraphReplay, NumberTable, TracedReplay
 from backprop.tensor import Tensor
-from backprop.trace import trace
 
 MAX_CAPTURES = 8  # input shapes (and settings) captured per TrainStep; further ones run eagerly
 
@@ -47,160 +61,232 @@ class CaptureWarning(UserWarning):
     """A step could not be captured (or its replay did not match): it runs eagerly instead."""
 
 
-class TrainStep:
-    """`step(inputs, targets) -> (loss, outputs)`: one training step, as backend arrays.
+class Layout:
+    """Where each part of a step sits in the flat lists a replay takes and returns:
 
-    `mode` says how the last call ran: "eager", "traced", "jit" (JAX) or "cuda-graph" (CuPy).
+    inputs   [*state, *numbers, x, y]            state = [*parameters, *optimizer state]
+    outputs  [*state, *gradients, loss, out]     one gradient (or None) per parameter
     """
 
-    def __init__(self, model, loss, optimizer, capture: bool = True):
-        self.model, self.loss, self.optimizer, self.capture = model, loss, optimizer, capture
-        params = {id(p): p for p in [*model.parameters(), *optimizer.params]}
-        self.params = list(params.values())
-        self.mode = "eager"
-        self._warmed: set = set()
-        self._captures: dict = {}
+    def __init__(self, params: int, optimizer_state: int, numbers: int):
+        self.params, self.optimizer_state, self.numbers = params, optimizer_state, numbers
+        self.state = params + optimizer_state
 
-    def __call__(self, inputs, targets):
-        inputs = inputs.data if isinstance(inputs, Tensor) else inputs
-        targets = targets.data if isinstance(targets, Tensor) else targets
-        if not self.capture:
-            return self._eager(inputs, targets)
-        state = self._state()
-        key = self._key(inputs, targets, state)
-        captured = self._captures.get(key)
-        if captured is not None:
-            return captured(inputs, targets, state) if captured.verified else self._verify(captured, inputs, targets)
-        if key not in self._warmed or len(self._captures) >= MAX_CAPTURES:
-            self._warmed.add(key)
-            return self._eager(inputs, targets)
-        return self._record(key, inputs, targets)
+    def inputs(self, state: list, numbers: list, x, y) -> list:
+        if len(state) != self.state or len(numbers) != self.numbers:
+            _check_count("state arrays", state, self.state)
+            _check_count("step numbers", numbers, self.numbers)
+        return [*state, *numbers, x, y]
 
-    # --- the step itself ---
+    def split_inputs(self, arrays) -> tuple:
+        """(state, numbers, x, y) of a list made by `inputs`."""
+        _check_count("step inputs", arrays, self.state + self.numbers + 2)
+        return arrays[: self.state], arrays[self.state : self.state + self.numbers], arrays[-2], arrays[-1]
 
-    def _eager(self, x, y):
-        self.mode = "eager"
-        loss, out = self._backward(x, y)
-        self.optimizer.step()
-        return loss.data, out.data
+    def outputs(self, state: list, grads: list, loss, out) -> list:
+        _check_count("state arrays", state, self.state)
+        _check_count("gradients", grads, self.params)
+        return [*state, *grads, loss, out]
 
-    def _backward(self, x, y):
-        """Gradients cleared, forward, loss, backward: the loss and the outputs (tensors)."""
+    def split_outputs(self, arrays) -> tuple:
+        """(state, gradients, loss, out) of a list made by `outputs`."""
+        state = self.state
+        if len(arrays) != state + self.params + 2:
+            _check_count("step outputs", arrays, state + self.params + 2)
+        return arrays[:state], arrays[state : state + self.params], arrays[-2], arrays[-1]
+
+
+def _check_count(what: str, arrays, expected: int) -> None:
+    if len(arrays) != expected:
+        raise ValueError(f"a step layout expects {expected} {what}, got {len(arrays)}")
+
+
+class StepFunction:
+    """The step protocol for one model, loss, optimizer and list of gradient hooks, on arrays.
+
+    `params` are the model's parameters and any other parameters the optimizer holds, each once.
+    """
+
+    def __init__(self, model, loss, optimizer, gradient_hooks=()):
+        self.model, self.loss, self.optimizer = model, loss, optimizer
+        self.gradient_hooks = list(gradient_hooks)
+        self.params = list({id(p): p for p in [*model.parameters(), *optimizer.params]}.values())
+        if not self.params:
+            raise ValueError(f"{type(model).__name__} has no parameters to train")
+        self.xp = namespace_of(self.params[0].data)
+
+    # --- the state a step reads and writes back ---
+
+    def state(self) -> list:
+        """The parameters' arrays, then the optimizer's state arrays."""
+        arrays = [p.data for p in self.params]
+        arrays += self.optimizer.state_arrays()
+        return arrays
+
+    def load_state(self, state: list, xp=None) -> None:
+        """Make `state` (laid out as `state()`) the current one; `xp`, when given, is the namespace
+        of its arrays (a trace's stand-ins, or the real one again after a trace)."""
+        params = self.params
+        if len(state) < len(params):
+            raise ValueError(f"{len(state)} state arrays for a step with {len(params)} parameters")
+        for i, p in enumerate(params):
+            p.data = state[i]
+            if xp is not None:
+                p.xp = xp
+        self.optimizer.load_state_arrays(state[len(params) :])
+
+    def grads(self) -> list:
+        return [p.grad for p in self.params]
+
+    def set_grads(self, grads) -> None:
+        params = self.params
+        if len(grads) != len(params):
+            raise ValueError(f"{len(grads)} gradients for a step with {len(params)} parameters")
+        for i, p in enumerate(params):
+            p.grad = grads[i]
+
+    def layout(self, numbers: int) -> Layout:
+        return Layout(len(self.params), len(self.optimizer.state_arrays()), numbers)
+
+    def snapshot(self):
+        """Copies of everything a step changes (and the host random state), for `restore`."""
+        return [copy_array(p.data) for p in self.params], self.optimizer.snapshot(), get_rng_state()
+
+    def restore(self, snapshot) -> None:
+        """Undo the steps since `snapshot`: parameters, optimizer state and count, random state."""
+        params, optimizer, rng = snapshot
+        for p, array in zip(self.params, params, strict=True):
+            p.data, p.xp, p.grad = array, self.xp, None
+        self.optimizer.restore(optimizer)
+        set_rng_state(rng)
+
+    # --- the step ---
+
+    def run(self, x, y, numbers_of):
+        """Steps 2 to 4 of the protocol on the current state: the loss and outputs (tensors)."""
         for p in self.params:
             p.grad = None
         out = self.model(Tensor(x))
         loss = self.loss(out, y)
         loss.backward()
+        grads = self.grads()
+        for hook in self.gradient_hooks:
+            grads = list(hook(grads))
+            if len(grads) != len(self.params):
+                raise ValueError(f"gradient hook {hook!r} returned {len(grads)} gradients for {len(self.params)}")
+        self.set_grads(grads)
+        self.optimizer.update([p.grad for p in self.optimizer.params], numbers_of)
         return loss, out
 
-    def _body(self, *arrays):
-        """The array work of a step, on given arrays: state, this step's numbers, inputs, targets.
+    def eager(self, x, y):
+        """One whole step (protocol steps 1 to 4): the loss and outputs (arrays)."""
+        numbers = self.optimizer.start_step()
+        loss, out = self.run(x, y, lambda p: numbers)
+        return loss.data, out.data
 
-        Returns the state after the step, the gradients, the loss and the outputs. The optimizer's
-        Python-side bookkeeping (its step count, `numbers()`) happens outside, in the caller.
-        """
-        count = self._state_count()
-        *numbers, x, y = arrays[count:]
-        self._set_state(arrays[:count])
-        table = _NumberTable(self.optimizer, self.params).bind(numbers)
-        loss, out = self._backward(x, y)
-        self.optimizer.update(lambda p: table[p.dtype])
-        return [*self._state(), *(p.grad for p in self.params), loss.data, out.data]
+    def body(self, layout: Layout, numbers: NumberTable):
+        """The step as a function of arrays alone, laid out by `layout`: what a replay records.
+        The optimizer's Python side (its step count, its numbers) stays outside, with the caller."""
 
-    # --- state: the arrays a step reads and writes back (parameters, then optimizer state) ---
+        def step(*arrays):
+            state, number_arrays, x, y = layout.split_inputs(list(arrays))
+            self.load_state(state, xp=namespace_of(x))
+            bound = numbers.bind(number_arrays)
+            loss, out = self.run(x, y, lambda p: bound[p.dtype])
+            return layout.outputs(self.state(), self.grads(), loss.data, out.data)
 
-    def _state(self) -> list:
-        arrays = [p.data for p in self.params]
-        for state in self.optimizer.state:
-            arrays.extend(state.values())
-        return arrays
+        return step
 
-    def _state_count(self) -> int:
-        return len(self.params) + sum(len(state) for state in self.optimizer.state)
-
-    def _set_state(self, arrays, same_namespace: bool = False) -> None:
-        it = iter(arrays)
-        for p in self.params:
-            p.data = next(it)
-            if not same_namespace:  # stand-ins inside a trace, real arrays outside
-                p.xp = namespace_of(p.data)
-        for state in self.optimizer.state:
-            for name in state:
-                state[name] = next(it)
-
-    def _write(self, outputs) -> None:
-        """Put a step's outputs (state after the step, then gradients) back in place."""
-        count = self._state_count()
-        self._set_state(outputs[:count])
-        for p, grad in zip(self.params, outputs[count : count + len(self.params)], strict=True):
-            p.grad = grad
-
-    def _snapshot(self):
-        """Copies of everything a step changes (and the host random state), to undo a step."""
-        params = [_copy(p.data) for p in self.params]
-        state = [{name: _copy(a) for name, a in s.items()} for s in self.optimizer.state]
-        return params, state, self.optimizer.steps, get_rng_state()
-
-    def _restore(self, snapshot) -> None:
-        params, state, steps, rng = snapshot
-        self._set_state([*params, *(a for s in state for a in s.values())])
-        for own, saved in zip(self.optimizer.state, state, strict=True):
-            own.clear()
-            own.update(saved)
-        self.optimizer.steps = steps
-        set_rng_state(rng)
-        for p in self.params:
-            p.grad = None
-
-    def _key(self, x, y, state: list) -> tuple:
+    def key(self, x, y, state: list) -> tuple:
         """What a capture depends on besides array values; a new key is captured anew.
 
-        `state` is self._state(): the shapes and dtypes of the parameters and optimizer state (and
-        the state's names) are part of the key.
+        `state` is `state()`: the shapes and dtypes of the parameters and optimizer state (and the
+        state's names) are part of the key.
         """
         opt = self.optimizer
         return (
             x.shape, x.dtype, y.shape, y.dtype, self.model.training,
             tuple([getattr(opt, name) for name in opt.hyperparameters]),
-            tuple([tuple(names) for names in opt.state]),
-            tuple([(a.shape, a.dtype) for a in state]),
+            opt.state_names(), tuple([(a.shape, a.dtype) for a in state]),
         )  # fmt: skip
 
-    # --- capture, verify, give up ---
+
+class TrainStep:
+    """`step(inputs, targets) -> (loss, outputs)`: one training step, as backend arrays.
+
+    `gradient_hooks` run between backward and the update (see the module's docstring). `mode` says
+    how the last call ran: "eager", "traced", "jit" (JAX) or "cuda-graph" (CuPy).
+    """
+
+    def __init__(self, model, loss, optimizer, capture: bool = True, gradient_hooks=()):
+        self.function = StepFunction(model, loss, optimizer, gradient_hooks)
+        self.capture = capture
+        self.mode = "eager"
+        self._warmed: set = set()
+        self._captures: dict = {}
+
+    model = property(lambda self: self.function.model)
+    loss = property(lambda self: self.function.loss)
+    optimizer = property(lambda self: self.function.optimizer)
+
+    def __call__(self, inputs, targets):
+        x = inputs.data if isinstance(inputs, Tensor) else inputs
+        y = targets.data if isinstance(targets, Tensor) else targets
+        if not self.capture:
+            return self._eager(x, y)
+        state = self.function.state()
+        key = self.function.key(x, y, state)
+        replay = self._captures.get(key)
+        if replay is not None:
+            if not replay.verified:
+                return self._verify(replay, x, y)
+            loss, out = replay(x, y, state)
+            self.mode = replay.mode
+            return loss, out
+        if key not in self._warmed or len(self._captures) >= MAX_CAPTURES:
+            self._warmed.add(key)
+            return self._eager(x, y)
+        return self._record(key, x, y)
+
+    def _eager(self, x, y):
+        self.mode = "eager"
+        return self.function.eager(x, y)
 
     def _record(self, key, x, y):
         """Capture the step for `key` (this call's step happens on the way); eager if it cannot."""
-        snapshot = self._snapshot()
-        entry = backend_of(namespace_of(self.params[0].data))
+        function = self.function
+        snapshot = function.snapshot()
+        entry = backend_of(function.xp)
         try:
             if entry.capture == "cuda-graph":
-                captured, results = _Graph.record(self, x, y, entry.capture_graph)
+                replay, results = GraphReplay.record(function, x, y, entry.capture_graph)
             else:
-                captured, results = _TracedProgram.record(self, x, y)
+                replay, results = TracedReplay.record(function, x, y, entry)
         except Exception as error:  # whatever stopped it, the step must still happen, once
-            self._restore(snapshot)
+            function.restore(snapshot)
             self._give_up(f"the step could not be captured: {error}")
             return self._eager(x, y)
-        self._captures[key] = captured
+        self._captures[key] = replay
+        self.mode = replay.recording_mode
         return results
 
-    def _verify(self, captured, x, y):
+    def _verify(self, replay, x, y):
         """Replay once, then undo it and run the step eagerly: both must agree (once per capture)."""
-        snapshot = self._snapshot()
+        function = self.function
+        snapshot = function.snapshot()
         try:
-            replayed = captured(x, y)  # JAX compiles here; a graph launches for the second time
+            loss, out = replay(x, y)  # JAX compiles here; a graph launches for the second time
         except Exception as error:
-            self._restore(snapshot)
+            function.restore(snapshot)
             self._give_up(f"its replay failed: {error}")
             return self._eager(x, y)
-        replayed = [*self._state(), *(p.grad for p in self.params), *replayed]
-        self._restore(snapshot)
+        replayed = [*function.state(), *function.grads(), loss, out]
+        function.restore(snapshot)
         loss, out = self._eager(x, y)
-        eager = [*self._state(), *(p.grad for p in self.params), loss, out]
-        mismatch = _first_mismatch(replayed, eager)
+        mismatch = _first_mismatch(replayed, [*function.state(), *function.grads(), loss, out])
         if mismatch is not None:
             self._give_up(f"its replay differs from the eager step ({mismatch})")
-        captured.verified = True
+        replay.verified = True
         return loss, out
 
     def _give_up(self, reason: str) -> None:
@@ -215,147 +301,10 @@ class TrainStep:
         )
 
 
-class _NumberTable:
-    """The optimizer's per-step numbers as 0-d arrays, one set per parameter dtype."""
-
-    def __init__(self, optimizer, params):
-        self.optimizer = optimizer
-        self.names = sorted(optimizer.numbers())
-        self.dtypes = list({p.data.dtype: p for p in params})
-        self.xp, self.device = namespace_of(params[0].data), params[0].device
-        self._values, self._arrays = None, None
-
-    def values(self, numbers: dict) -> list:
-        """The numbers in the order of `arrays`: each name, for each dtype."""
-        return [numbers[name] for _ in self.dtypes for name in self.names]
-
-    def arrays(self, numbers: dict) -> list:
-        """This step's numbers as arrays (the last ones again when nothing changed)."""
-        values = self.values(numbers)
-        if values != self._values:
-            dtypes = [dt for dt in self.dtypes for _ in self.names]
-            self._arrays = [
-                self.xp.asarray(v, dtype=dt, device=self.device) for v, dt in zip(values, dtypes, strict=True)
-            ]
-            self._values = values
-        return self._arrays
-
-    def bind(self, arrays) -> dict:
-        """{dtype: {name: array}} for the optimizer's update."""
-        it = iter(arrays)
-        return {dt: {name: next(it) for name in self.names} for dt in self.dtypes}
-
-
-class _TracedProgram:
-    """The step as a traced program (backprop.trace): replays skip the engine's Python. On JAX the
-    program is a pure function, and XLA compiles it whole (mode "jit")."""
-
-    def __init__(self, step: TrainStep, program, numbers: _NumberTable, mode: str):
-        self.step, self.program, self.numbers, self.mode, self.verified = step, program, numbers, mode, False
-
-    @classmethod
-    def record(cls, step: TrainStep, x, y):
-        """Trace this call's step (it happens, for real, on the way); the capture and (loss, outputs)."""
-        numbers = _NumberTable(step.optimizer, step.params)
-        step.optimizer.steps += 1
-        inputs = [*step._state(), *numbers.arrays(step.optimizer.numbers()), x, y]
-        program, results = trace(step._body, inputs)
-        step._write(results)  # the traced call was a real step: keep it
-        step.mode = "traced"
-        entry = backend_of(numbers.xp)
-        return cls(step, entry.compile(program), numbers, entry.capture), (results[-2], results[-1])
-
-    def __call__(self, x, y, state: list | None = None):
-        step, optimizer = self.step, self.step.optimizer
-        optimizer.steps += 1
-        for p in step.params:  # the old gradients go before the new ones are made, as in an eager step
-            p.grad = None
-        state = step._state() if state is None else state
-        outputs = self.program(*state, *self.numbers.arrays(optimizer.numbers()), x, y)
-        written = iter(outputs)  # the layout of _body's result, written back without slicing
-        for p in step.params:
-            p.data = next(written)
-        for state in optimizer.state:
-            for name in state:
-                state[name] = next(written)
-        for p in step.params:
-            p.grad = next(written)
-        step.mode = self.mode
-        return outputs[-2], outputs[-1]
-
-
-class _Graph:
-    """The step as a device graph (a CUDA graph on CuPy): one launch replays every kernel of it.
-
-    A graph reads and writes fixed addresses, so the batch is copied into buffers of its own, the
-    optimizer state that a step rebinds is copied back into the arrays it read (inside the graph),
-    and the gradients, loss and outputs are the graph's own arrays, overwritten by each launch.
-    `capture(function, inputs)` records `function(*inputs)` without running it and returns
-    (launch, outputs, keep): the backend entry's `capture_graph`.
-    """
-
-    mode = "cuda-graph"
-
-    @classmethod
-    def record(cls, step: TrainStep, x, y, capture):
-        """Capture the step, then launch the graph for this call's step; the capture and (loss, outputs)."""
-        graph = cls(step, x, y, capture)
-        return graph, graph._launch(x, y, copy_batch=False)
-
-    def __init__(self, step: TrainStep, x, y, capture):
-        self.step, self.verified = step, False
-        self.numbers = _NumberTable(step.optimizer, step.params)
-        step.optimizer.steps += 1
-        self.buffers = step._state()  # the graph's parameters and optimizer state
-        self.x, self.y = _copy(x), _copy(y)
-        self.number_buffers = [_copy(a) for a in self.numbers.arrays(step.optimizer.numbers())]
-
-        def body(*arrays):
-            outputs = step._body(*arrays)
-            for before, after in zip(arrays[: len(self.buffers)], outputs, strict=False):
-                if after is not before:  # rebound (optimizer state): write it where the next launch reads
-                    before[...] = after
-            return outputs
-
-        self.launch, outputs, self.keep = capture(body, [*self.buffers, *self.number_buffers, self.x, self.y])
-        count = len(self.buffers)
-        self.grads, self.loss, self.out = outputs[count:-2], outputs[-2], outputs[-1]
-        # nothing ran yet: the state the capture rebound holds no values until a launch copies them
-        # into the buffers, so the buffers are the state from now on
-        step._set_state(self.buffers)
-
-    def __call__(self, x, y, state: list | None = None):
-        self.step.optimizer.steps += 1
-        return self._launch(x, y, state)
-
-    def _launch(self, x, y, current: list | None = None, copy_batch: bool = True):
-        step = self.step
-        current = step._state() if current is None else current
-        if any(
-            a is not b for a, b in zip(current, self.buffers, strict=True)
-        ):  # rebound since (load_state_dict, a check)
-            for buffer, array in zip(self.buffers, current, strict=True):
-                if array is not buffer:
-                    buffer[...] = array
-            step._set_state(self.buffers, same_namespace=True)
-        if copy_batch:
-            self.x[...] = x
-            self.y[...] = y
-        for buffer, value in zip(self.number_buffers, self.numbers.values(step.optimizer.numbers()), strict=True):
-            buffer[...] = value
-        self.launch()
-        for p, grad in zip(step.params, self.grads, strict=True):
-            p.grad = grad
-        step.mode = self.mode
-        return self.loss, self.out
-
-
-def _copy(array):
-    return namespace_of(array).asarray(array, copy=True)
-
-
 def _first_mismatch(replayed: list, eager: list) -> str | None:
     """A description of the first pair of arrays that differ beyond rounding, or None."""
+    if len(replayed) != len(eager):
+        return f"{len(replayed)} arrays against {len(eager)}"
     for i, (a, b) in enumerate(zip(replayed, eager, strict=True)):
         if a is None or b is None:
             if (a is None) != (b is None):

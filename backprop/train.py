@@ -169,6 +169,7 @@ def fit(
     checkpoint=None,
     resume=None,
     capture: bool = False,
+    gradient_hooks=(),
 ) -> History:
     """Train `model` on `train` = (inputs, targets) host arrays (or Batches) for `epochs` epochs.
 
@@ -178,6 +179,7 @@ def fit(
     that run: model, optimizer, random state and history, so the result equals an uninterrupted run.
     `capture=True` captures the training step and replays it (backprop.step.TrainStep): the same
     numbers, less Python per step; a step that cannot be captured warns and runs eagerly.
+    `gradient_hooks` run on the gradients between backward and the update (`bp.optim.ClipGradNorm`).
     """
     batches = _as_batches(train, batch_size, shuffle)
     validation = _as_batches(validation, max(batch_size, 1000), False) if validation is not None else None
@@ -186,7 +188,7 @@ def fit(
         meta = load_checkpoint(resume, model, optimizer)
         history, start = History(meta["history"]), meta["epoch"] + 1
     model.train()
-    step = TrainStep(model, loss, optimizer, capture=capture)
+    step = TrainStep(model, loss, optimizer, capture=capture, gradient_hooks=gradient_hooks)
     for epoch in range(start, epochs + 1):
         began = time.perf_counter()
         with progress_bar(len(batches), f"epoch {epoch}/{epochs}", "batch", enabled=progress) as bar:

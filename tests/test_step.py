@@ -231,20 +231,117 @@ def test_the_graph_path_equals_eager_steps_with_a_stand_in_graph(backend, optimi
 
 def test_a_replay_that_fails_falls_back_to_eager_and_loses_nothing(monkeypatch):
     """A first replay that raises (a compiler or a graph launch failing) is undone, then run eagerly."""
-    from backprop import step as step_module
+    from backprop.replay import TracedReplay
 
-    def record_a_broken_replay(step, x, y, record=step_module._TracedProgram.record):
-        captured, results = record(step, x, y)
+    def record_a_broken_replay(function, x, y, entry, record=TracedReplay.record):
+        replay, results = record(function, x, y, entry)
 
-        def broken(*args, **kwargs):
-            step.optimizer.steps += 1  # what a replay does before it fails
+        def broken(*args, **kwargs):  # the replay has counted its step when this raises
             raise RuntimeError("launch failed")
 
-        captured.program = broken
-        return captured, results
+        replay.program = broken
+        return replay, results
 
-    monkeypatch.setattr(step_module._TracedProgram, "record", staticmethod(record_a_broken_replay))
+    monkeypatch.setattr(TracedReplay, "record", staticmethod(record_a_broken_replay))
     with pytest.warns(bp.CaptureWarning, match="its replay failed: launch failed"):
         captured = _train(True, "adam", "quadratic")
     _assert_same_training(captured, _train(False, "adam", "quadratic"))
     assert set(captured[2][4:]) == {"eager"}
+
+
+class _Halving:
+    """A gradient hook (as a data-parallel average over two identical workers would be): halves
+    every gradient, and counts the times Python ran it."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, grads):
+        self.calls += 1
+        return [None if g is None else g * 0.5 for g in grads]
+
+
+@pytest.mark.parametrize("optimizer", ["nesterov_decay", "adam"])
+def test_gradient_hooks_run_between_backward_and_update_and_are_captured_with_the_step(backend, optimizer):
+    def train(capture, hooks):
+        bp.manual_seed(3)
+        model = bp.nn.mlp([6, 5, 4], "tanh", "sigmoid", dtype="float64")
+        opt = OPTIMIZERS[optimizer](model.parameters())
+        step = bp.TrainStep(model, bp.losses.quadratic_loss, opt, capture=capture, gradient_hooks=hooks)
+        modes = []
+        for x, y in _batches("quadratic"):
+            step(x, y)
+            modes.append(step.mode)
+        return [p.numpy() for p in model.parameters()], [bp.to_numpy(p.grad) for p in model.parameters()], modes
+
+    hook = _Halving()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", bp.CaptureWarning)
+        captured, captured_grads, modes = train(True, [hook])
+    replays = sum(mode in CAPTURED_MODES for mode in modes)
+    assert replays >= 4 and hook.calls < len(modes), (modes, hook.calls)  # replays run no Python hook
+    eager, eager_grads, _ = train(False, [_Halving()])
+    without, _, _ = train(False, [])
+    for got, want, other in zip(captured, eager, without, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14, strict=True)
+        assert not np.allclose(got, other)  # the hook changed the training
+    for got, want in zip(captured_grads, eager_grads, strict=True):  # .grad holds what the hooks returned
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14, strict=True)
+
+
+def test_gradient_hooks_also_run_in_the_graph_path(monkeypatch):
+    entry = BACKENDS["numpy"]
+    monkeypatch.setattr(entry, "capture", "cuda-graph")
+    monkeypatch.setattr(entry, "capture_graph", _stand_in_graph_capture)
+
+    def train(capture):
+        bp.manual_seed(3)
+        model = bp.nn.mlp([6, 5, 4], "tanh", "sigmoid", dtype="float64")
+        step = bp.TrainStep(model, bp.losses.cross_entropy, OPTIMIZERS["adam"](model.parameters()),
+                            capture=capture, gradient_hooks=[bp.optim.ClipGradNorm(0.05), _Halving()])  # fmt: skip
+        modes = [step(x, y) and step.mode for x, y in _batches("cross_entropy")]
+        return [p.numpy() for p in model.parameters()], modes
+
+    captured, modes = train(True)
+    assert "cuda-graph" in modes[4:], modes
+    for got, want in zip(captured, train(False)[0], strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14, strict=True)
+
+
+def test_a_gradient_hook_that_loses_gradients_is_an_error_naming_it():
+    model = bp.nn.mlp([3, 2], "tanh", dtype="float64")
+    step = bp.TrainStep(model, bp.losses.mse_loss, bp.optim.SGD(model.parameters(), lr=0.1), capture=False,
+                        gradient_hooks=[lambda grads: grads[:1]])  # fmt: skip
+    with pytest.raises(ValueError, match=r"gradient hook <function .*> returned 1 gradients for 2"):
+        step(np.ones((4, 3)), np.zeros((4, 2)))
+
+
+def test_fit_passes_gradient_hooks_to_its_step():
+    def run(hooks):
+        bp.manual_seed(0)
+        x, y = bp.data.spirals(40)
+        model = bp.nn.mlp([2, 8, 2], "tanh", dtype="float64")
+        bp.fit(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), 0.5), (x, y), epochs=2,
+               batch_size=16, progress=False, gradient_hooks=hooks)  # fmt: skip
+        return [p.numpy() for p in model.parameters()]
+
+    hook = _Halving()
+    halved, plain = run([hook]), run([])
+    assert hook.calls == 10  # 80 points in batches of 16: 5 steps x 2 epochs
+    assert not np.allclose(halved[0], plain[0])
+
+
+def test_the_layout_names_every_part_and_refuses_wrong_counts():
+    from backprop.step import Layout
+
+    layout = Layout(params=2, optimizer_state=3, numbers=1)
+    flat = layout.inputs(["p0", "p1", "s0", "s1", "s2"], ["lr"], "x", "y")
+    assert layout.split_inputs(flat) == (["p0", "p1", "s0", "s1", "s2"], ["lr"], "x", "y")
+    out = layout.outputs(["p0", "p1", "s0", "s1", "s2"], ["g0", "g1"], "loss", "out")
+    assert layout.split_outputs(out) == (["p0", "p1", "s0", "s1", "s2"], ["g0", "g1"], "loss", "out")
+    with pytest.raises(ValueError, match="expects 5 state arrays, got 4"):
+        layout.inputs(["p0", "p1", "s0", "s1"], ["lr"], "x", "y")
+    with pytest.raises(ValueError, match="expects 2 gradients, got 1"):
+        layout.outputs(["p0", "p1", "s0", "s1", "s2"], ["g0"], "loss", "out")
+    with pytest.raises(ValueError, match="expects 9 step outputs, got 8"):
+        layout.split_outputs(out[:-1])

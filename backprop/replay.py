@@ -1,0 +1,147 @@
+"""Replaying a recorded training step: as a traced program (compiled by `jax.jit` on JAX) or as
+a device graph (a CUDA graph on CuPy). Both replay `backprop.step.StepFunction.body`, laid out by
+its `Layout`, and use only the step function's public methods; `TrainStep` decides when to record,
+verify and replay.
+"""
+
+from __future__ import annotations
+
+from backprop.backend import copy_array
+from backprop.trace import trace
+
+
+class NumberTable:
+    """A step's numbers (lr, bias corrections) as 0-d arrays, one set per parameter dtype."""
+
+    def __init__(self, numbers: dict, params, xp):
+        self.names = sorted(numbers)
+        self.dtypes = list({p.data.dtype: p for p in params})
+        self.xp, self.device = xp, params[0].device
+        self._values, self._arrays = None, None
+
+    def __len__(self) -> int:
+        return len(self.names) * len(self.dtypes)
+
+    def values(self, numbers: dict) -> list:
+        """The numbers in the order of `arrays`: each name, for each dtype."""
+        return [numbers[name] for _ in self.dtypes for name in self.names]
+
+    def arrays(self, numbers: dict) -> list:
+        """This step's numbers as arrays (the last ones again when nothing changed)."""
+        values = self.values(numbers)
+        if values != self._values:
+            dtypes = [dtype for dtype in self.dtypes for _ in self.names]
+            self._arrays = [
+                self.xp.asarray(v, dtype=dtype, device=self.device) for v, dtype in zip(values, dtypes, strict=True)
+            ]
+            self._values = values
+        return self._arrays
+
+    def bind(self, arrays) -> dict:
+        """{dtype: {name: array}} for the optimizer's update."""
+        if len(arrays) != len(self):
+            raise ValueError(f"{len(arrays)} step numbers for a table of {len(self)}")
+        it = iter(arrays)
+        return {dtype: {name: next(it) for name in self.names} for dtype in self.dtypes}
+
+
+class TracedReplay:
+    """The step as a traced program (backprop.trace): replays skip the engine's Python. On JAX the
+    program is a pure function, and XLA compiles it whole (mode "jit")."""
+
+    recording_mode = "traced"  # the call that records runs the step through the tracer
+
+    def __init__(self, function, program, layout, numbers: NumberTable, mode: str):
+        self.function, self.program, self.layout, self.numbers = function, program, layout, numbers
+        self.mode, self.verified = mode, False
+
+    @classmethod
+    def record(cls, function, x, y, entry):
+        """Trace this call's step (it happens, for real, on the way); the replay and (loss, outputs)."""
+        numbers_now = function.optimizer.start_step()
+        numbers = NumberTable(numbers_now, function.params, function.xp)
+        layout = function.layout(len(numbers))
+        inputs = layout.inputs(function.state(), numbers.arrays(numbers_now), x, y)
+        program, results = trace(function.body(layout, numbers), inputs)
+        state, grads, loss, out = layout.split_outputs(results)
+        function.load_state(state, xp=function.xp)  # the traced call was a real step: keep it
+        function.set_grads(grads)
+        mode = "jit" if entry.capture == "jit" else "traced"
+        return cls(function, entry.compile(program), layout, numbers, mode), (loss, out)
+
+    def __call__(self, x, y, state: list | None = None):
+        function = self.function
+        numbers = function.optimizer.start_step()
+        for p in function.params:  # the old gradients go before the new ones are made, as in an eager step
+            p.grad = None
+        state = function.state() if state is None else state
+        outputs = self.program(*self.layout.inputs(state, self.numbers.arrays(numbers), x, y))
+        state, grads, loss, out = self.layout.split_outputs(outputs)
+        function.load_state(state)
+        function.set_grads(grads)
+        return loss, out
+
+
+class GraphReplay:
+    """The step as a device graph (a CUDA graph on CuPy): one launch replays every kernel of it.
+
+    A graph reads and writes fixed addresses, so the batch is copied into buffers of its own, the
+    optimizer state that a step rebinds is copied back into the arrays it read (inside the graph),
+    and the gradients, loss and outputs are the graph's own arrays, overwritten by each launch.
+    `capture(function, inputs)` records `function(*inputs)` without running it and returns
+    (launch, outputs, keep): the backend entry's `capture_graph`.
+    """
+
+    mode = recording_mode = "cuda-graph"  # the call that records launches the graph it captured
+
+    @classmethod
+    def record(cls, function, x, y, capture):
+        """Capture the step, then launch the graph for this call's step; the replay and (loss, outputs)."""
+        numbers = function.optimizer.start_step()
+        graph = cls(function, numbers, x, y, capture)
+        return graph, graph._launch(x, y, numbers, copy_batch=False)
+
+    def __init__(self, function, numbers_now: dict, x, y, capture):
+        self.function, self.verified = function, False
+        self.numbers = NumberTable(numbers_now, function.params, function.xp)
+        self.layout = layout = function.layout(len(self.numbers))
+        self.buffers = function.state()  # the graph's parameters and optimizer state
+        self.x, self.y = copy_array(x), copy_array(y)
+        self.number_buffers = [copy_array(a) for a in self.numbers.arrays(numbers_now)]
+        body = function.body(layout, self.numbers)
+
+        def copied_back(*arrays):
+            state_in = layout.split_inputs(arrays)[0]  # what the graph reads (not self.buffers: the
+            outputs = body(*arrays)  # capture may hand the body stand-ins for them)
+            state_out = layout.split_outputs(outputs)[0]
+            for before, after in zip(state_in, state_out, strict=True):
+                if after is not before:  # rebound (optimizer state): write it where the next launch reads
+                    before[...] = after
+            return outputs
+
+        inputs = layout.inputs(self.buffers, self.number_buffers, self.x, self.y)
+        self.launch, outputs, self.keep = capture(copied_back, inputs)
+        _, self.grads, self.loss, self.out = layout.split_outputs(outputs)
+        # nothing ran yet: the state the capture rebound holds no values until a launch copies them
+        # into the buffers, so the buffers are the state from now on
+        function.load_state(self.buffers, xp=function.xp)
+
+    def __call__(self, x, y, state: list | None = None):
+        return self._launch(x, y, self.function.optimizer.start_step(), state)
+
+    def _launch(self, x, y, numbers: dict, current: list | None = None, copy_batch: bool = True):
+        function = self.function
+        current = function.state() if current is None else current
+        if any(a is not b for a, b in zip(current, self.buffers, strict=True)):  # rebound since (a load, a check)
+            for buffer, array in zip(self.buffers, current, strict=True):
+                if array is not buffer:
+                    buffer[...] = array
+            function.load_state(self.buffers)
+        if copy_batch:
+            self.x[...] = x
+            self.y[...] = y
+        for buffer, value in zip(self.number_buffers, self.numbers.values(numbers), strict=True):
+            buffer[...] = value
+        self.launch()
+        function.set_grads(self.grads)
+        return self.loss, self.out
