@@ -1,5 +1,9 @@
 """Modules: parameters found by reflection, state dicts, layers, activations, initializers.
 
+A module's parameters and sub-modules are found in its attributes, also inside lists, tuples and
+dicts (`self.blocks = [Linear(..), Linear(..)]` names its parameters "blocks.0.weight", ...); a
+parameter shared by two layers is one parameter.
+
 >>> import backprop as bp
 >>> bp.manual_seed(0)
 >>> model = bp.nn.Sequential(bp.nn.Linear(4, 3), bp.nn.ReLU(), bp.nn.Linear(3, 2))
@@ -31,29 +35,49 @@ class Parameter(Tensor):
 
 
 class Module:
-    """Base class: subclasses set Parameters and Modules as attributes and define `forward`."""
+    """Base class: subclasses set Parameters and Modules as attributes (or in lists, tuples and
+    dicts of them) and define `forward`."""
 
     training = True
+    # Fusion (see Sequential): a layer class that declares `fuses_activation = True` in its own body
+    # takes `forward(x, activation=name)`; an activation class that declares `fused_activation`
+    # names its entry in ops.OUTPUT_DERIVATIVES. Declared, not inherited: a subclass that changes
+    # forward is never fused by mistake.
+    fuses_activation = False
+    fused_activation: str | None = None
 
-    def __call__(self, *args):
-        return self.forward(*args)
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
 
     def forward(self, *args):
         raise NotImplementedError(f"{type(self).__name__} defines no forward()")
 
     def children(self):
-        """(name, module) for each direct sub-module."""
+        """(name, module) for each direct sub-module, also those inside lists, tuples and dicts."""
         for name, value in vars(self).items():
-            if isinstance(value, Module):
-                yield name, value
+            yield from _members(name, value, Module)
+
+    def named_modules(self, prefix: str = ""):
+        """(dotted name, module) for this module ("" at the top) and every sub-module, each once."""
+        seen, stack = set(), [(prefix.rstrip("."), self)]
+        while stack:
+            name, module = stack.pop()
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            yield name, module
+            stack.extend(reversed([(f"{name}.{child}" if name else child, m) for child, m in module.children()]))
 
     def named_parameters(self, prefix: str = ""):
-        """(dotted name, Parameter) for this module's parameters and its sub-modules'."""
-        for name, value in vars(self).items():
-            if isinstance(value, Parameter):
-                yield prefix + name, value
-        for name, child in self.children():
-            yield from child.named_parameters(f"{prefix}{name}.")
+        """(dotted name, Parameter) for this module's parameters and its sub-modules', each once
+        (a shared parameter keeps its first name)."""
+        seen = set()
+        for name, module in self.named_modules(prefix):
+            for attribute, value in vars(module).items():
+                for path, p in _members(attribute, value, Parameter):
+                    if id(p) not in seen:
+                        seen.add(id(p))
+                        yield (f"{name}.{path}" if name else path), p
 
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
@@ -64,9 +88,8 @@ class Module:
 
     def train(self, mode: bool = True) -> Module:
         """Training mode (Dropout drops); `eval()` switches it off. Applies to sub-modules."""
-        self.training = mode
-        for _, child in self.children():
-            child.train(mode)
+        for _, module in self.named_modules():
+            module.training = mode
         return self
 
     def eval(self) -> Module:
@@ -108,6 +131,19 @@ class Module:
         return f"{type(self).__name__}({inner})"
 
 
+def _members(name: str, value, kind):
+    """(dotted name, item) for `value` if it is a `kind`, and for the `kind`s inside it when it is
+    a list, tuple or dict (nested ones too)."""
+    if isinstance(value, kind):
+        yield name, value
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _members(f"{name}.{i}", item, kind)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _members(f"{name}.{key}", item, kind)
+
+
 # --- initializers: host arrays drawn from the seeded generator, fan_in = in_features ---
 
 
@@ -136,7 +172,10 @@ class Linear(Module):
 
     `init` names an entry of INITIALIZERS (or is a callable `(shape, fan_in, fan_out) -> array`);
     biases start at zero, except with "standard_normal", which draws them too (as Nielsen does).
+    In a Sequential, a following Sigmoid, Tanh or ReLU runs in the same node (`fuses_activation`).
     """
+
+    fuses_activation = True
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, init="glorot_uniform", dtype="float32"):
         if isinstance(init, str) and init not in INITIALIZERS:
@@ -163,16 +202,22 @@ class Linear(Module):
 
 
 class Sigmoid(Module):
+    fused_activation = "sigmoid"
+
     def forward(self, x):
         return ops.sigmoid(x)
 
 
 class Tanh(Module):
+    fused_activation = "tanh"
+
     def forward(self, x):
         return ops.tanh(x)
 
 
 class ReLU(Module):
+    fused_activation = "relu"
+
     def forward(self, x):
         return ops.relu(x)
 
@@ -228,12 +273,14 @@ class Sequential(Module):
             yield str(i), layer
 
     def forward(self, x):
-        """Each layer in turn; a Linear followed by Sigmoid, Tanh or ReLU runs as one fused node."""
+        """Each layer in turn. Fusion rule: a layer whose class declares `fuses_activation` (Linear),
+        followed by one whose class declares `fused_activation` (Sigmoid, Tanh, ReLU), runs as one
+        node, `layer(x, activation=name)`: the same numbers, a node fewer."""
         layers, i = self.layers, 0
         while i < len(layers):
-            fused = _FUSABLE.get(type(layers[i + 1])) if i + 1 < len(layers) else None
-            if fused is not None and type(layers[i]) is Linear:
-                x, i = layers[i](x, fused), i + 2
+            name = _fused_activation(layers[i], layers[i + 1]) if i + 1 < len(layers) else None
+            if name is not None:
+                x, i = layers[i](x, activation=name), i + 2
             else:
                 x, i = layers[i](x), i + 1
         return x
@@ -248,7 +295,14 @@ class Sequential(Module):
         return "Sequential(" + ", ".join(map(repr, self.layers)) + ")"
 
 
-_FUSABLE = {Sigmoid: "sigmoid", Tanh: "tanh", ReLU: "relu"}  # activations linear() can fuse
+def _fused_activation(layer: Module, after: Module) -> str | None:
+    """The activation `layer` applies in its own node when `after` follows it, or None (the rule
+    of Sequential.forward: both classes declare their part themselves)."""
+    if not vars(type(layer)).get("fuses_activation", False):
+        return None
+    return vars(type(after)).get("fused_activation")
+
+
 ACTIVATIONS = {"sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU, "leaky_relu": LeakyReLU, "identity": Identity}
 
 

@@ -109,3 +109,102 @@ def test_fused_linear_activation_equals_the_layers_one_by_one(backend):
     np.testing.assert_allclose(fused_out.numpy(), one_by_one.numpy(), rtol=1e-13, strict=True)
     for a, b in zip(fused, separate, strict=True):
         np.testing.assert_allclose(bp.to_numpy(a), bp.to_numpy(b), rtol=1e-13, atol=1e-15, strict=True)
+
+
+class _Blocks(nn.Module):
+    """Sub-modules in a list, a dict and a tuple nested in a list; one parameter of its own."""
+
+    def __init__(self):
+        self.blocks = [nn.Linear(4, 5, dtype="float64"), nn.Linear(5, 5, dtype="float64")]
+        self.heads = {"a": nn.Linear(5, 2, dtype="float64"), "b": nn.Linear(5, 3, dtype="float64")}
+        self.extra = [(nn.Dropout(0.5), bp.nn.Parameter(bp.zeros(5, dtype="float64").data))]
+        self.scale = bp.nn.Parameter(bp.ones(1, dtype="float64").data)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = bp.tanh(block(x))
+        x = self.extra[0][0](x) + self.extra[0][1]
+        return bp.concat([self.heads["a"](x), self.heads["b"](x)], axis=1) * self.scale
+
+
+def test_parameters_inside_lists_tuples_and_dicts_are_found_named_and_trained(backend):
+    bp.manual_seed(0)
+    model = _Blocks()
+    names = [name for name, _ in model.named_parameters()]
+    assert names == [
+        "extra.0.1", "scale", "blocks.0.weight", "blocks.0.bias", "blocks.1.weight", "blocks.1.bias",
+        "heads.a.weight", "heads.a.bias", "heads.b.weight", "heads.b.bias",
+    ]  # fmt: skip
+    model.eval()
+    assert not model.extra[0][0].training and not model.blocks[1].training
+    x = bp.tensor(np.random.default_rng(0).normal(size=(6, 4)), dtype="float64")
+    before = model(x).numpy()
+    opt = bp.optim.SGD(model.parameters(), lr=0.1)
+    (model(x) * model(x)).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    opt.step()
+    assert not np.allclose(model(x).numpy(), before)
+    clone = _Blocks()
+    clone.load_state_dict(model.state_dict())
+    np.testing.assert_array_equal(clone.eval()(x).numpy(), model(x).numpy(), strict=True)
+
+
+def test_a_shared_parameter_is_one_parameter_with_both_gradients():
+    class Tied(nn.Module):
+        def __init__(self):
+            self.encoder = nn.Linear(3, 2, bias=False, dtype="float64")
+            self.decoder = nn.Linear(2, 3, bias=False, dtype="float64")
+            self.decoder.weight = self.encoder.weight  # tied (its transpose is used below)
+            self.again = [self.encoder]  # the same module twice
+
+        def forward(self, x):
+            return (x @ self.encoder.weight) @ self.decoder.weight.mT
+
+    model = Tied()
+    assert [name for name, _ in model.named_parameters()] == ["encoder.weight"]
+    assert len(model.parameters()) == 1 and len(list(model.named_modules())) == 3
+    x = bp.tensor(np.arange(6.0).reshape(2, 3) / 5, dtype="float64")
+    w = model.encoder.weight
+    assert bp.gradcheck(lambda weight: (x @ weight) @ weight.mT, bp.tensor(w.numpy(), requires_grad=True))
+
+
+def test_a_module_that_refers_back_to_its_parent_does_not_hang():
+    outer = nn.Sequential(nn.Linear(2, 2))
+    outer.layers[0].owner = outer  # a reference cycle
+    assert len(outer.parameters()) == 2 and [n for n, _ in outer.named_modules()] == ["", "0"]
+    outer.eval()
+    assert not outer.layers[0].training
+
+
+def _nodes(out) -> str:
+    """The op that made `out` (its backward's qualified name)."""
+    return out._backward.__qualname__.split(".")[0]
+
+
+def test_fusion_is_a_declared_rule_a_new_layer_can_join(backend):
+    bp.manual_seed(1)
+    x = bp.tensor(np.random.default_rng(0).normal(size=(4, 3)), dtype="float64", requires_grad=True)
+
+    class ScaledSigmoid(nn.Sigmoid):  # inherits fused_activation, but changes forward: never fused
+        def forward(self, x):
+            return ops_sigmoid(x) * 2.0
+
+    ops_sigmoid = bp.sigmoid
+    linear = nn.Linear(3, 2, dtype="float64")
+    assert _nodes(nn.Sequential(linear, nn.Tanh())(x)) == "linear"  # one node
+    scaled = nn.Sequential(linear, ScaledSigmoid())(x)
+    np.testing.assert_allclose(scaled.numpy(), 2 / (1 + np.exp(-(x.numpy() @ linear.weight.numpy()))), rtol=1e-12)
+
+    class Affine(nn.Module):  # a new layer joins by declaring the rule and taking `activation`
+        fuses_activation = True
+
+        def __init__(self):
+            self.weight = nn.Parameter(bp.tensor(np.eye(3) * 2, dtype="float64").data)
+
+        def forward(self, x, activation=None):
+            return bp.linear(x, self.weight, None, activation)
+
+    fused = nn.Sequential(Affine(), nn.ReLU())
+    assert _nodes(fused(x)) == "linear"
+    np.testing.assert_array_equal(fused(x).numpy(), np.maximum(2 * x.numpy(), 0), strict=True)
+    assert bp.gradcheck(lambda t: fused(t), x)
