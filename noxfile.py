@@ -8,9 +8,11 @@ nox -s tests_mkl        NumPy built from source against MKL (about 5 minutes on 
 nox -s lint             ruff
 """
 
-import importlib.util
+import importlib
 import os
 import shutil
+import sys
+import types
 from pathlib import Path
 
 import nox
@@ -29,12 +31,12 @@ TEST_DEPS = [
 
 
 def _backends() -> dict:
-    """backprop's backend entries, read from its source (the package needs NumPy, nox's Python lacks it)."""
-    path = Path(__file__).resolve().parent / "backprop" / "backends.py"
-    spec = importlib.util.spec_from_file_location("backprop_backends_for_nox", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.BACKENDS
+    """backprop's backend entries, read from its source: backprop/__init__.py needs NumPy, which
+    nox's own Python lacks, so a bare package stands in for it (backends.py needs no NumPy)."""
+    package = types.ModuleType("backprop")
+    package.__path__ = [str(Path(__file__).resolve().parent / "backprop")]
+    sys.modules.setdefault("backprop", package)
+    return importlib.import_module("backprop.backends").BACKENDS
 
 
 BACKENDS = _backends()

@@ -8,8 +8,8 @@ are named, and whether the library can run here. No other module tests which lib
 comes from: the code asks `backend_of(xp)`, and the tests, the benchmarks and the nox sessions read
 `BACKENDS`. Adding a backend is adding one entry (`register_backend`) and its nox session.
 
-This module imports only the standard library at the top (the noxfile reads it without NumPy);
-each entry imports its library when first used.
+This module imports only the standard library and backprop.errors at the top (the noxfile reads
+it without NumPy); each entry imports its library when first used.
 
 >>> from backprop.backends import BACKENDS
 >>> list(BACKENDS)
@@ -24,10 +24,12 @@ import contextlib
 import importlib
 import importlib.util
 
+from backprop.errors import UserError
+
 CAPTURE_KINDS = ("traced", "jit", "cuda-graph")
 
 
-class BackendError(ValueError):
+class BackendError(UserError, ValueError):
     """A backend that is unknown, not installed, or cannot run here (or a device it lacks)."""
 
 

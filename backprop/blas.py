@@ -7,13 +7,17 @@
 
 from __future__ import annotations
 
+from backprop.errors import MissingDependency
+
 
 def numpy_blas() -> dict:
     """The BLAS that NumPy's matrix products use: vendor ('openblas', 'mkl', ...), version, threads."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError as error:
-        raise ImportError("reading the BLAS configuration needs threadpoolctl: pip install threadpoolctl") from error
+        raise MissingDependency(
+            "reading the BLAS configuration needs threadpoolctl: pip install threadpoolctl"
+        ) from error
     import numpy as np
 
     np.ones((2, 2)) @ np.ones((2, 2))  # make sure the BLAS is loaded

@@ -1,6 +1,7 @@
 """The command line: `backprop train`, `backprop info` (and `backprop bench`, see bench/).
 
-Errors exit non-zero with one line, never a traceback.
+Bad input (a `backprop.errors.UserError`, or a file that cannot be read or written) exits non-zero
+with one line. Anything else is a bug in backprop and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 import backprop as bp
 from backprop.backend import installed_backends
 from backprop.backends import BACKENDS
-from backprop.data import DATASETS, DataError, IDXError
+from backprop.data import DATASETS
+from backprop.errors import ConfigError, UserError
 
 # dataset -> what its images are (inputs, classes) and a sensible hidden layer
 SHAPES = {"digits": (64, 10, 32), "mnist": (784, 10, 30), "fashion-mnist": (784, 10, 100), "spirals": (2, 2, 8)}
@@ -28,14 +30,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"backprop: error: {message}\n")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _number(kind, low: float, low_included: bool, what: str):
+    """An argparse type: `kind(text)` at least (or above) `low`; `what` names it in the error."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not (value >= low if low_included else value > low):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive = _number(int, 1, True, "a positive integer")
+_seed = _number(int, 0, True, "a non-negative integer")
+_positive_float = _number(float, 0.0, False, "a positive number")
+_non_negative_float = _number(float, 0.0, True, "a number >= 0")
 
 
 def _train_parser(commands) -> None:
@@ -46,15 +59,17 @@ def _train_parser(commands) -> None:
     p.add_argument("--activation", default="relu", choices=sorted(bp.nn.ACTIVATIONS))
     p.add_argument("--loss", default="cross_entropy", choices=sorted(OUTPUT_ACTIVATION))
     p.add_argument("--optimizer", default="adam", choices=sorted(bp.optim.OPTIMIZERS))
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.01 for Adam, 3.0 for SGD)")
-    p.add_argument("--momentum", type=float, default=0.0)
+    p.add_argument(
+        "--lr", type=_positive_float, default=None, help="learning rate (default: 0.01 for Adam, 3.0 for SGD)"
+    )
+    p.add_argument("--momentum", type=_non_negative_float, default=0.0)
     p.add_argument("--init", default="glorot_uniform", choices=sorted(bp.nn.INITIALIZERS))
     p.add_argument("--batch-size", type=_positive, default=32)
     p.add_argument("--epochs", type=_positive, default=20)
     p.add_argument("--backend", default=None, help=f"array backend (installed: {', '.join(installed_backends())})")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--plot", metavar="PATH", help="write loss/accuracy curves and first-layer weights here")
     p.add_argument("--save", metavar="PATH", help="write the trained weights (.npz or .safetensors)")
     p.add_argument("--checkpoint", metavar="PATH", help="write a resumable checkpoint (.npz) after each epoch")
@@ -79,15 +94,15 @@ def parse_layers(spec: str | None, dataset: str) -> list[int]:
     try:
         sizes = [int(part) for part in spec.split(",")]
     except ValueError:
-        raise ValueError(
+        raise ConfigError(
             f"--layers {spec!r}: give comma-separated integers, e.g. {inputs},{hidden},{classes}"
         ) from None
     if len(sizes) < 2 or min(sizes) < 1:
-        raise ValueError(f"--layers {spec!r}: need at least two positive sizes")
+        raise ConfigError(f"--layers {spec!r}: need at least two positive sizes")
     if sizes[0] != inputs:
-        raise ValueError(f"--layers {spec!r}: {dataset} has {inputs} inputs, so the first size must be {inputs}")
+        raise ConfigError(f"--layers {spec!r}: {dataset} has {inputs} inputs, so the first size must be {inputs}")
     if sizes[-1] not in (classes, 1 if classes == 2 else classes):
-        raise ValueError(f"--layers {spec!r}: {dataset} has {classes} classes, so the last size must be {classes}")
+        raise ConfigError(f"--layers {spec!r}: {dataset} has {classes} classes, so the last size must be {classes}")
     return sizes
 
 
@@ -110,12 +125,16 @@ def _targets(labels: np.ndarray, loss: str, outputs: int, dtype: str):
 
 
 def train(args) -> int:
+    for path, check in ((args.save, bp.io.check_weights_path), (args.checkpoint, bp.io.check_checkpoint_path),
+                        (args.plot, bp.plots.check_plot_path)):  # fmt: skip
+        if path:
+            check(path)  # before any work: a bad path must not cost the training run
     if args.backend or args.device:
         bp.set_backend(args.backend or bp.get_backend().name, args.device)
     bp.manual_seed(args.seed)
     sizes = parse_layers(args.layers, args.dataset)
     if args.loss == "cross_entropy" and sizes[-1] == 1:
-        raise ValueError("cross_entropy needs one output per class; use --loss bce for a single output")
+        raise ConfigError("cross_entropy needs one output per class; use --loss bce for a single output")
     (x, y), (xt, yt) = load_dataset(args.dataset, args.data_dir)
     model = bp.nn.mlp(sizes, args.activation, OUTPUT_ACTIVATION[args.loss], init=args.init, dtype=args.dtype)
     loss = bp.losses.LOSSES[args.loss]
@@ -188,9 +207,8 @@ def main(argv=None) -> int:
             return info()
         build_parser().print_help()
         return 2
-    except (ValueError, TypeError, KeyError, DataError, IDXError, ImportError, OSError, FloatingPointError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"backprop: error: {message}", file=sys.stderr)
+    except (UserError, OSError) as error:  # bad input, or a file that cannot be read or written
+        print(f"backprop: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("backprop: interrupted", file=sys.stderr)

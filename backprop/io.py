@@ -19,21 +19,40 @@ from pathlib import Path
 import numpy as np
 
 from backprop.backend import get_rng_state, set_rng_state, to_numpy
+from backprop.errors import MissingDependency, UserError
 from backprop.files import atomic_write
 
 
-def _save_arrays(path, arrays: dict) -> None:
+class FileFormatError(UserError, ValueError):
+    """A weights or checkpoint file that cannot be read, or a path with a suffix that cannot be written."""
+
+
+def check_weights_path(path) -> None:
+    """Raise now, before any work, if weights cannot be saved at `path` (suffix, package)."""
     if str(path).endswith(".safetensors"):
         try:
-            from safetensors.numpy import save
+            import safetensors.numpy  # noqa: F401
         except ImportError as error:
-            raise ImportError("saving .safetensors needs the safetensors package (or use a .npz path)") from error
+            raise MissingDependency("saving .safetensors needs the safetensors package (or use a .npz path)") from error
+    elif not str(path).endswith(".npz"):
+        raise FileFormatError(f"{path}: weights are saved as .npz or .safetensors; choose one of those suffixes")
+
+
+def check_checkpoint_path(path) -> None:
+    """Raise now, before any work, if a checkpoint cannot be saved at `path`."""
+    if not str(path).endswith(".npz"):
+        raise FileFormatError(f"{path}: checkpoints are .npz files")
+
+
+def _save_arrays(path, arrays: dict) -> None:
+    check_weights_path(path)
+    if str(path).endswith(".safetensors"):
+        from safetensors.numpy import save
+
         blob = save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
         atomic_write(path, lambda f: f.write(blob))
-    elif str(path).endswith(".npz"):
-        atomic_write(path, lambda f: np.savez(f, **arrays))
     else:
-        raise ValueError(f"{path}: weights are saved as .npz or .safetensors; choose one of those suffixes")
+        atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def _load_arrays(path) -> dict:
@@ -47,7 +66,7 @@ def _load_arrays(path) -> dict:
         with np.load(path, allow_pickle=False) as archive:
             return {k: archive[k] for k in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{path}: not a readable weights file ({error})") from error
+        raise FileFormatError(f"{path}: not a readable weights file ({error})") from error
 
 
 def save_weights(model, path) -> None:
@@ -73,8 +92,7 @@ def save_checkpoint(path, model, optimizer, epoch: int, history=None) -> None:
         "history": history.epochs if history is not None else [],
     }
     arrays["meta"] = np.array(json.dumps(meta))
-    if not str(path).endswith(".npz"):
-        raise ValueError(f"{path}: checkpoints are .npz files")
+    check_checkpoint_path(path)
     _save_arrays(path, arrays)
 
 
@@ -82,10 +100,10 @@ def load_checkpoint(path, model, optimizer) -> dict:
     """Restore what `save_checkpoint` wrote; returns its metadata (epoch, history, ...)."""
     arrays = _load_arrays(path)
     if "meta" not in arrays:
-        raise ValueError(f"{path}: not a backprop checkpoint (no metadata)")
+        raise FileFormatError(f"{path}: not a backprop checkpoint (no metadata)")
     meta = json.loads(str(arrays["meta"]))
     if meta["optimizer"]["type"] != type(optimizer).__name__:
-        raise ValueError(
+        raise FileFormatError(
             f"{path}: checkpoint holds a {meta['optimizer']['type']} state, not {type(optimizer).__name__}"
         )
     model.load_state_dict({k.removeprefix("model/"): v for k, v in arrays.items() if k.startswith("model/")})

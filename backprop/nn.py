@@ -22,7 +22,15 @@ import numpy as np
 
 from backprop import ops
 from backprop.backend import dtype_name, get_backend, host_rng, make_backend, to_numpy
+from backprop.errors import ConfigError, UserError
 from backprop.tensor import Tensor
+
+
+class StateDictError(UserError, KeyError, ValueError):
+    """A state dict whose names or shapes do not match the model's parameters."""
+
+    def __str__(self) -> str:  # the message, not KeyError's quoted repr of it
+        return str(self.args[0]) if self.args else ""
 
 
 class Parameter(Tensor):
@@ -104,13 +112,15 @@ class Module:
         params = dict(self.named_parameters())
         missing, unexpected = sorted(params.keys() - state.keys()), sorted(state.keys() - params.keys())
         if missing or unexpected:
-            raise KeyError(
+            raise StateDictError(
                 f"state dict does not match {type(self).__name__}: missing {missing}, unexpected {unexpected}"
             )
         for name, p in params.items():
             host = to_numpy(state[name])
             if tuple(host.shape) != p.shape:
-                raise ValueError(f"parameter {name!r}: state dict has shape {tuple(host.shape)}, model has {p.shape}")
+                raise StateDictError(
+                    f"parameter {name!r}: state dict has shape {tuple(host.shape)}, model has {p.shape}"
+                )
             p.data = p.xp.asarray(host.astype(dtype_name(p.dtype)), device=p.device)
 
     def to(self, backend: str | None = None, device=None, dtype: str | None = None) -> Module:
@@ -179,7 +189,7 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, init="glorot_uniform", dtype="float32"):
         if isinstance(init, str) and init not in INITIALIZERS:
-            raise ValueError(f"unknown initializer {init!r}; choose one of {', '.join(INITIALIZERS)}")
+            raise ConfigError(f"unknown initializer {init!r}; choose one of {', '.join(INITIALIZERS)}")
         draw = INITIALIZERS[init] if isinstance(init, str) else init
         backend = get_backend()
         self.in_features, self.out_features = in_features, out_features
@@ -248,7 +258,7 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5):
         if not 0 <= p < 1:
-            raise ValueError(f"Dropout probability must be in [0, 1), got {p}")
+            raise ConfigError(f"Dropout probability must be in [0, 1), got {p}")
         self.p = p
 
     def forward(self, x):
@@ -317,10 +327,10 @@ def mlp(
     """
     sizes = list(sizes)
     if len(sizes) < 2 or any(not isinstance(n, int) or n < 1 for n in sizes):
-        raise ValueError(f"layer sizes must be two or more positive integers, got {sizes}")
+        raise ConfigError(f"layer sizes must be two or more positive integers, got {sizes}")
     for name in (activation, output_activation):
         if name is not None and name not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+            raise ConfigError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
     layers = []
     for i, (n_in, n_out) in enumerate(pairwise(sizes)):
         layers.append(Linear(n_in, n_out, init=init, dtype=dtype))

@@ -19,6 +19,7 @@ import math
 
 from backprop.backend import copy_array, namespace_of, to_numpy
 from backprop.backends import backend_of
+from backprop.errors import ConfigError
 from backprop.tensor import Tensor
 
 _END = object()  # marks an exhausted iterator
@@ -41,9 +42,9 @@ class Optimizer:
     def __init__(self, params, lr: float):
         self.params = list(params)
         if not self.params:
-            raise ValueError(f"{type(self).__name__} got no parameters to optimize")
+            raise ConfigError(f"{type(self).__name__} got no parameters to optimize")
         if lr <= 0:
-            raise ValueError(f"learning rate must be positive, got {lr}")
+            raise ConfigError(f"learning rate must be positive, got {lr}")
         self.lr = lr
         self.state: list[dict] = [{} for _ in self.params]
         self.steps = 0
@@ -140,7 +141,7 @@ class SGD(Optimizer):
     def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
         super().__init__(params, lr)
         if nesterov and momentum <= 0:
-            raise ValueError("Nesterov momentum needs momentum > 0")
+            raise ConfigError("Nesterov momentum needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
 
     def _delta(self, p, grad, state, numbers):
@@ -212,7 +213,7 @@ class ClipGradNorm:
 
     def __init__(self, max_norm: float, eps: float = 1e-6):
         if not max_norm > 0:
-            raise ValueError(f"max_norm must be positive, got {max_norm}")
+            raise ConfigError(f"max_norm must be positive, got {max_norm}")
         self.max_norm, self.eps = float(max_norm), eps
 
     def __call__(self, grads: list) -> list:
@@ -239,7 +240,7 @@ class ExponentialDecay:
 
     def __init__(self, optimizer: Optimizer, gamma: float):
         if not 0 < gamma <= 1:
-            raise ValueError(f"decay factor gamma must be in (0, 1], got {gamma}")
+            raise ConfigError(f"decay factor gamma must be in (0, 1], got {gamma}")
         self.optimizer, self.gamma = optimizer, gamma
 
     def on_epoch_end(self, model, record) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from backprop.backend import dtype_name, get_backend, to_numpy
+from backprop.errors import ConfigError, MissingDependency
 from backprop.files import atomic_write
 
 
@@ -19,12 +20,25 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as error:
-        raise ImportError("plots need matplotlib: pip install 'backprop[plot]'") from error
+        raise MissingDependency("plots need matplotlib: pip install 'backprop[plot]'") from error
     return plt
 
 
+def check_plot_path(path) -> str:
+    """The image format of `path` (from its suffix; png without one); raises now, before any work,
+    if matplotlib is missing or cannot write that format."""
+    _pyplot()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = Path(path).suffix.lstrip(".").lower() or "png"
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix not in formats:
+        raise ConfigError(f"{path}: cannot write a .{suffix} plot; use one of .{', .'.join(sorted(formats))}")
+    return suffix
+
+
 def _save(fig, path) -> None:
-    suffix = Path(path).suffix.lstrip(".") or "png"
+    suffix = check_plot_path(path)
     atomic_write(path, lambda f: fig.savefig(f, format=suffix, dpi=110, bbox_inches="tight"))
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from backprop.backend import to_numpy
 from backprop.data.batches import Batches
+from backprop.errors import UserError
 from backprop.io import load_checkpoint, save_checkpoint
 from backprop.progress import progress_bar
 from backprop.step import TrainStep
@@ -89,11 +90,13 @@ def _as_batches(data, batch_size: int, shuffle: bool) -> Batches:
     return Batches(inputs, targets, batch_size, shuffle=shuffle)
 
 
+class DivergedError(UserError, FloatingPointError):
+    """The training loss became inf or NaN."""
+
+
 def _check_finite(value: float, epoch: int, what: str) -> None:
     if not math.isfinite(value):
-        raise FloatingPointError(
-            f"{what} became {value} in epoch {epoch}: training diverged (try a lower learning rate)"
-        )
+        raise DivergedError(f"{what} became {value} in epoch {epoch}: training diverged (try a lower learning rate)")
 
 
 class _Tally:

@@ -15,4 +15,4 @@ python3 -c "import array_api_compat, cupy; assert cupy.cuda.runtime.getDeviceCou
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 BACKPROP_TEST_BACKENDS=cupy python3 -m pytest -q -p no:cacheprovider tests
-python3 bench/suite.py --device gpu --name "${1:-gpu}"
+python3 -m bench.suite --device gpu --name "${1:-gpu}"

@@ -125,18 +125,39 @@ def torch_step_factory(sizes, activation: str, loss: str, dtype, lr, params, dev
     return step
 
 
-# --- AE: the sparse-autoencoder gradient, hand-vectorized ---
+# --- AE: the sparse-autoencoder gradient (the UFLDL tutorial's setting), per sample and vectorized ---
+
+AE_RHO, AE_BETA, AE_LAMBDA = 0.01, 3.0, 1e-4  # sparsity target, its weight, weight decay
 
 
-def sparse_ae_numpy_gradient(w1, b1, w2, b2, x, rho, beta, lam, xp=np):
-    """The vectorized form of the UFLDL formula (the loop form is examples/sparse_autoencoder.py)."""
+def _sparsity_delta(rho_hat):
+    """The KL sparsity term's contribution to the hidden layer's delta."""
+    return AE_BETA * (-AE_RHO / rho_hat + (1 - AE_RHO) / (1 - rho_hat))
+
+
+def sparse_ae_loop_gradient(w1, b1, w2, b2, x):
+    """The tutorial's formula, one sample at a time (after one pass for the mean activations)."""
+    m = len(x)
+    sparsity = _sparsity_delta(sigmoid(x @ w1 + b1).mean(axis=0))
+    grads = [np.zeros_like(p) for p in (w1, b1, w2, b2)]
+    for xi in x:
+        a2 = sigmoid(xi @ w1 + b1)
+        a3 = sigmoid(a2 @ w2 + b2)
+        d3 = (a3 - xi) * a3 * (1 - a3)
+        d2 = (w2 @ d3 + sparsity) * a2 * (1 - a2)
+        for g, update in zip(grads, (np.outer(xi, d2), d2, np.outer(a2, d3), d3), strict=True):
+            g += update
+    return [grads[0] / m + AE_LAMBDA * w1, grads[1] / m, grads[2] / m + AE_LAMBDA * w2, grads[3] / m]
+
+
+def sparse_ae_numpy_gradient(w1, b1, w2, b2, x, xp=np):
+    """The same formula, vectorized over the samples."""
     m = len(x)
     a2 = sigmoid(x @ w1 + b1, xp)
     a3 = sigmoid(a2 @ w2 + b2, xp)
-    rho_hat = a2.mean(axis=0)
     d3 = (a3 - x) * a3 * (1 - a3)
-    d2 = (d3 @ w2.T + beta * (-rho / rho_hat + (1 - rho) / (1 - rho_hat))) * a2 * (1 - a2)
-    return [x.T @ d2 / m + lam * w1, d2.sum(axis=0) / m, a2.T @ d3 / m + lam * w2, d3.sum(axis=0) / m]
+    d2 = (d3 @ w2.T + _sparsity_delta(a2.mean(axis=0))) * a2 * (1 - a2)
+    return [x.T @ d2 / m + AE_LAMBDA * w1, d2.sum(axis=0) / m, a2.T @ d3 / m + AE_LAMBDA * w2, d3.sum(axis=0) / m]
 
 
 # --- layer backward: Linear-ReLU-Linear, forward and backward for a given upstream gradient ---

@@ -1,4 +1,4 @@
-"""The benchmark suite: `backprop bench` / `nox -s bench` / `python bench/suite.py`.
+"""The benchmark suite: `backprop bench` / `nox -s bench` / `python -m bench.suite` (in the checkout).
 
 Each configuration times backprop against its peers (bench/peers.py) in one run, interleaved
 (A B ... then ... B A) after a warm-up, and reports medians and the ratios the targets are stated
@@ -27,14 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+import backprop as bp
+from backprop.backends import BACKENDS
+
+from . import peers, report
+
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "examples")]
-
-import peers  # noqa: E402
-import report  # noqa: E402
-
-import backprop as bp  # noqa: E402
-from backprop.backends import BACKENDS  # noqa: E402
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 LOOP = "loop (per-sample)"
@@ -268,11 +266,17 @@ def config_l(dev: Device, steps: int, batch: int = 128) -> Config:
     return Config(f"L b{batch}", description, candidates, targets(f"L b{batch}" if dev.name == "gpu" else "L", dev))
 
 
+def _sparse_ae_cost(model, x):
+    """The UFLDL sparse-autoencoder cost, built from backprop's layers and losses."""
+    hidden = bp.sigmoid(model.layers[0](x))
+    reconstruction = bp.losses.quadratic_loss(bp.sigmoid(model.layers[2](hidden)), x)
+    sparsity = peers.AE_BETA * bp.losses.kl_sparsity(hidden, peers.AE_RHO)
+    return reconstruction + bp.losses.l2_penalty(model.parameters(), peers.AE_LAMBDA) + sparsity
+
+
 def config_ae(dev: Device, m: int = 10_000) -> Config:
     """The sparse-autoencoder gradient (64-25-64, KL sparsity), one call."""
-    import sparse_autoencoder as ae
-
-    data = ae.patches(m)
+    data = bp.data.patches(m)
     label, backend, where = dev.backends[0]
     bp.manual_seed(0)
     with bp.use_backend(backend, where):
@@ -283,13 +287,12 @@ def config_ae(dev: Device, m: int = 10_000) -> Config:
     device_params, device_data = [dev.xp.asarray(p) for p in params], dev.xp.asarray(data)
     candidates = {
         dev.floor: Candidate(
-            lambda: peers.sparse_ae_numpy_gradient(*device_params, device_data, ae.RHO, ae.BETA, ae.LAMBDA, dev.xp),
-            sync=dev.sync,
+            lambda: peers.sparse_ae_numpy_gradient(*device_params, device_data, dev.xp), sync=dev.sync
         ),
-        dev.ours(label): Candidate(lambda: bp.grad(ae.cost(model, x), model.parameters()), sync=dev.sync),
+        dev.ours(label): Candidate(lambda: bp.grad(_sparse_ae_cost(model, x), model.parameters()), sync=dev.sync),
     }
     if dev.name == "cpu":
-        candidates[LOOP] = Candidate(lambda: ae.loop_gradient(*params, data[: m // 10]), 10, isolated=True)
+        candidates[LOOP] = Candidate(lambda: peers.sparse_ae_loop_gradient(*params, data[: m // 10]), 10, isolated=True)
     description = f"sparse-autoencoder gradient, 64-25-64, m={m}, float64, one call"
     return Config("AE", description, candidates, targets("AE", dev))
 

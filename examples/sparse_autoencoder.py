@@ -13,15 +13,6 @@ import backprop as bp
 RHO, BETA, LAMBDA = 0.01, 3.0, 1e-4
 
 
-def patches(m: int = 10_000, seed: int = 0) -> np.ndarray:
-    """m patches of 8x8 (the bundled digits, resampled with noise), scaled into [0.1, 0.9] as in UFLDL."""
-    images, _ = bp.data.digits("train")
-    rng = np.random.default_rng(seed)
-    chosen = images[rng.integers(0, len(images), m)].astype(np.float64)
-    chosen = np.clip(chosen + rng.normal(0, 0.05, chosen.shape), 0, 1)
-    return 0.1 + 0.8 * chosen
-
-
 def cost(model, x):
     """The sparse-autoencoder cost, built from backprop's ops and losses."""
     encoder, decoder = model.layers[0], model.layers[2]
@@ -52,7 +43,7 @@ def loop_gradient(w1, b1, w2, b2, data):
 
 def main(m: int = 10_000, seed: int = 0) -> dict:
     bp.manual_seed(seed)
-    data = patches(m, seed)
+    data = bp.data.patches(m, seed)
     with bp.use_backend("numpy"):
         model = bp.nn.Sequential(bp.nn.Linear(64, 25, dtype="float64"), bp.nn.Sigmoid(),
                                  bp.nn.Linear(25, 64, dtype="float64"), bp.nn.Sigmoid())  # fmt: skip

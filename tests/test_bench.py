@@ -4,7 +4,6 @@ Timings are never asserted: machines are noisy. The GPU configurations are built
 stand-in device (PyTorch tensors on the CPU), so their code runs wherever the tests run.
 """
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -17,12 +16,9 @@ pytestmark = pytest.mark.skipif("numpy" not in selected_backends(), reason="the 
 
 @pytest.fixture(scope="module")
 def suite():
-    path = Path(__file__).resolve().parent.parent / "bench" / "suite.py"
-    spec = importlib.util.spec_from_file_location("backprop_bench_suite_test", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    from backprop.bench import checkout_bench, load_suite
+
+    return load_suite(checkout_bench())
 
 
 def test_cpu_suite_writes_tables_and_json_with_targets(suite, tmp_path):
@@ -54,3 +50,32 @@ def test_gpu_configurations_build_and_run_on_a_stand_in_device(suite, tmp_path):
     assert "loop (per-sample)" not in runs["L b1024"]["seconds"]
     assert runs["L b1024"]["modes"]["backprop (torch, captured)"] == "traced"
     assert [t["target"] for t in runs["L b1024"]["targets"]][0] == "backprop not slower than torch eager"
+
+
+def test_the_suite_is_imported_from_the_checkout_without_touching_sys_path(suite):
+    from backprop.bench import checkout_bench, load_suite
+
+    before = list(sys.path)
+    assert load_suite(checkout_bench()) is suite and sys.path == before
+    assert Path(suite.__file__).parent == checkout_bench()
+
+
+def test_backprop_bench_outside_a_checkout_says_why_in_one_line(tmp_path, monkeypatch, capsys):
+    import backprop.bench
+    from backprop.cli import main
+
+    monkeypatch.setattr(backprop.bench, "__file__", str(tmp_path / "site-packages" / "backprop" / "bench.py"))
+    assert main(["bench", "--quick"]) == 1
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("backprop: error: backprop bench runs from a source checkout") and "\n" not in message
+
+
+def test_the_sparse_autoencoder_peers_agree(suite):
+    import numpy as np
+
+    params = suite.peers.init_mlp([64, 25, 64], "float64")
+    x = suite.bp.data.patches(200)
+    for loop, vectorized in zip(
+        suite.peers.sparse_ae_loop_gradient(*params, x), suite.peers.sparse_ae_numpy_gradient(*params, x), strict=True
+    ):
+        np.testing.assert_allclose(loop, vectorized, rtol=1e-10, atol=1e-13, strict=True)

@@ -4,7 +4,7 @@ from backprop.data.batches import Batches
 from backprop.data.idx import IDXError, read_idx
 from backprop.data.mnist import CHECKSUMS as mnist_checksums
 from backprop.data.mnist import fashion_mnist, mnist, nielsen_pickle
-from backprop.data.small import digits, spirals
+from backprop.data.small import digits, patches, spirals
 from backprop.data.sources import DataError
 
 DATASETS = {"digits": digits, "mnist": mnist, "fashion-mnist": fashion_mnist}
@@ -19,6 +19,7 @@ __all__ = [
     "mnist",
     "mnist_checksums",
     "nielsen_pickle",
+    "patches",
     "read_idx",
     "spirals",
 ]

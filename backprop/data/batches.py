@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from backprop.backend import get_backend, host_rng
+from backprop.errors import ConfigError
 
 
 class Batches:
@@ -23,9 +24,9 @@ class Batches:
     def __init__(self, inputs, targets, batch_size: int, shuffle: bool = True, drop_last: bool = False, dtype=None):
         inputs, targets = np.asarray(inputs), np.asarray(targets)
         if len(inputs) != len(targets):
-            raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+            raise ConfigError(f"{len(inputs)} inputs but {len(targets)} targets")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise ConfigError(f"batch_size must be positive, got {batch_size}")
         if dtype is not None:
             inputs = inputs.astype(dtype)
         backend = get_backend()

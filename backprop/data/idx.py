@@ -18,11 +18,13 @@ import zlib
 
 import numpy as np
 
+from backprop.errors import UserError
+
 # IDX type code -> big-endian NumPy dtype
 _TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-class IDXError(ValueError):
+class IDXError(UserError, ValueError):
     """A file that is not a valid IDX file (the message names it)."""
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from backprop.data.idx import parse_idx
 from backprop.data.sources import DataError, fetch
+from backprop.errors import ConfigError
 
 MNIST_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -45,7 +46,7 @@ def _read(dataset: str, filename: str, mirrors, data_dir, download: bool) -> np.
 
 def _load(dataset: str, split: str, mirrors, data_dir, download: bool):
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
     prefix = "train" if split == "train" else "t10k"
     images, labels = (_read(dataset, f"{prefix}-{kind}", mirrors, data_dir, download) for kind in
                       ("images-idx3-ubyte.gz", "labels-idx1-ubyte.gz"))  # fmt: skip

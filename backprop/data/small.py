@@ -1,4 +1,4 @@
-"""Small datasets that need no download: the bundled 8x8 digits and the two spirals."""
+"""Small datasets that need no download: the bundled 8x8 digits (and patches of them) and the two spirals."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import math
 from importlib import resources
 
 import numpy as np
+
+from backprop.errors import ConfigError
 
 
 def digits(split: str = "train", test_fraction: float = 0.2):
@@ -17,13 +19,23 @@ def digits(split: str = "train", test_fraction: float = 0.2):
     Handwritten Digits", UCI Machine Learning Repository (CC BY 4.0); see DIGITS-LICENSE.txt.
     """
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
     with resources.files("backprop.data").joinpath("digits.csv.gz").open("rb") as raw:
         table = np.loadtxt(gzip.open(raw, "rt"), delimiter=",", dtype=np.float32)
     order = np.random.default_rng(0).permutation(len(table))
     n_test = math.ceil(len(table) * test_fraction)
     rows = order[n_test:] if split == "train" else order[:n_test]
     return table[rows, :64] / 16.0, table[rows, 64].astype(np.int64)
+
+
+def patches(m: int = 10_000, seed: int = 0):
+    """m patches of 8x8 for a sparse autoencoder (the UFLDL tutorial's setting): the bundled digits,
+    resampled with noise, scaled into [0.1, 0.9]; float64 rows of 64 values."""
+    images, _ = digits("train")
+    rng = np.random.default_rng(seed)
+    chosen = images[rng.integers(0, len(images), m)].astype(np.float64)
+    chosen = np.clip(chosen + rng.normal(0, 0.05, chosen.shape), 0, 1)
+    return 0.1 + 0.8 * chosen
 
 
 def spirals(n_per_class: int = 200, turns: float = 1.5, noise: float = 0.1, seed: int = 0):

@@ -15,11 +15,12 @@ import urllib.request
 from pathlib import Path
 
 from backprop.data.idx import read_content
+from backprop.errors import UserError
 from backprop.files import atomic_write
 from backprop.progress import progress_bar
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """A dataset file that is missing, corrupt or cannot be fetched (the message says which)."""
 
 
