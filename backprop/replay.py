@@ -63,9 +63,8 @@ class TracedReplay:
         layout = function.layout(len(numbers))
         inputs = layout.inputs(function.state(), numbers.arrays(numbers_now), x, y)
         program, results = trace(function.body(layout, numbers), inputs)
-        state, grads, loss, out = layout.split_outputs(results)
-        function.load_state(state, xp=function.xp)  # the traced call was a real step: keep it
-        function.set_grads(grads)
+        loss, out = function.take_outputs(layout, results)  # the traced call was a real step: keep it
+        function.load_state(function.state(), xp=function.xp)  # real arrays again, not stand-ins
         mode = "jit" if entry.capture == "jit" else "traced"
         return cls(function, entry.compile(program), layout, numbers, mode), (loss, out)
 
@@ -76,10 +75,7 @@ class TracedReplay:
             p.grad = None
         state = function.state() if state is None else state
         outputs = self.program(*self.layout.inputs(state, self.numbers.arrays(numbers), x, y))
-        state, grads, loss, out = self.layout.split_outputs(outputs)
-        function.load_state(state)
-        function.set_grads(grads)
-        return loss, out
+        return function.take_outputs(self.layout, outputs)
 
 
 class GraphReplay:

@@ -145,6 +145,16 @@ class StepFunction:
         for i, p in enumerate(params):
             p.grad = grads[i]
 
+    def take_outputs(self, layout: Layout, outputs) -> tuple:
+        """Make a replay's outputs (laid out by `layout`) the current state and gradients; its
+        (loss, outputs)."""
+        state, grads, loss, out = layout.split_outputs(outputs)
+        for i, p in enumerate(self.params):
+            p.data, p.grad = state[i], grads[i]
+        if layout.optimizer_state:
+            self.optimizer.load_state_arrays(state[layout.params :])
+        return loss, out
+
     def layout(self, numbers: int) -> Layout:
         return Layout(len(self.params), len(self.optimizer.state_arrays()), numbers)
 
