@@ -13,7 +13,7 @@ it without NumPy); each entry imports its library when first used.
 
 >>> from backprop.backends import BACKENDS
 >>> list(BACKENDS)
-['numpy', 'array_api_strict', 'torch', 'jax', 'cupy']
+['numpy', 'torch', 'jax', 'array_api_strict', 'cupy']
 >>> BACKENDS["jax"].mutable, BACKENDS["jax"].capture, BACKENDS["jax"].extra
 (False, 'jit', 'jax')
 """
@@ -53,6 +53,7 @@ class BackendEntry:
 
     def __init__(self):
         self._namespace = None
+        self._failure: str | None = None  # why loading failed (kept: a failed probe is not retried)
 
     def __repr__(self) -> str:
         return f"<backend {self.name}>"
@@ -77,11 +78,13 @@ class BackendEntry:
         if self._namespace is None:
             if not self.installed():
                 raise BackendError(f"backend {self.name!r} is not installed: {self.install_hint()}")
+            if self._failure is not None:
+                raise BackendError(self._failure)
             try:
                 self._namespace = self.load()
             except Exception as error:  # e.g. cupy installed on a machine without a usable GPU
-                message = f"backend {self.name!r} is installed but cannot create an array here: {error}"
-                raise BackendError(message) from error
+                self._failure = f"backend {self.name!r} is installed but cannot create an array here: {error}"
+                raise BackendError(self._failure) from error
             _by_namespace[self._namespace] = self
         return self._namespace
 
@@ -490,5 +493,5 @@ def backend_of(xp) -> BackendEntry:
     raise BackendError(f"no backend entry for the array namespace {getattr(xp, '__name__', xp)!r}")
 
 
-for _entry in (NumPyBackend(), ArrayApiStrictBackend(), TorchBackend(), JaxBackend(), CuPyBackend()):
+for _entry in (NumPyBackend(), TorchBackend(), JaxBackend(), ArrayApiStrictBackend(), CuPyBackend()):
     register_backend(_entry)

@@ -147,3 +147,21 @@ def test_the_toy_namespace_is_not_mistaken_for_numpy():
         assert backend_of(TOY) is entry
     finally:
         unregister_backend("toy")
+
+
+def test_a_backend_that_cannot_run_here_says_why_once_and_keeps_saying_it():
+    class Broken(BackendEntry):
+        name, module = "broken", "json"  # importable, but its probe fails (as CuPy's without a GPU)
+        loads = 0
+
+        def load(self):
+            type(self).loads += 1
+            raise RuntimeError("no device answers")
+
+    entry = bp.register_backend(Broken())
+    try:
+        reasons = {entry.unavailable() for _ in range(3)}
+        assert reasons == {"backend 'broken' is installed but cannot create an array here: no device answers"}
+        assert Broken.loads == 1
+    finally:
+        unregister_backend("broken")

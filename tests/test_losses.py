@@ -84,3 +84,8 @@ def test_bad_targets_are_clear_errors(backend):
         ValueError, match=r"quadratic_loss: prediction has shape \(5, 4\) but target has shape \(5, 3\)"
     ):
         losses.quadratic_loss(logits, bp.tensor(np.zeros((5, 3))))
+
+
+def test_every_loss_by_name_has_a_gradient_case():
+    checked = {fn for fn, _, _ in CASES.values()}
+    assert set(losses.LOSSES.values()) - checked == set(), "losses without a gradient check"
