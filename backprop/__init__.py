@@ -31,11 +31,4 @@ from backprop.train import EarlyStopping, History, evaluate, fit, predict
 
 __version__ = "0.1.0"
 
-globals().update(OPS)  # every registered op is bp.<name>: bp.tanh, bp.linear, ...
-
-
-def __getattr__(name: str):
-    """Ops registered after import (with `bp.op`) are bp.<name> too."""
-    if name in OPS:
-        return OPS[name]
-    raise AttributeError(f"module 'backprop' has no attribute {name!r}")
+# every registered op is bp.<name> (bp.tanh, bp.linear, ...): bp.op sets it as it registers the op

@@ -48,6 +48,7 @@ class BackendEntry:
     capture: str = "traced"  # how TrainStep captures a step: one of CAPTURE_KINDS
     on_gpu: bool = False  # its arrays live on a GPU (tests and the GPU benchmarks need one)
     default_tests: bool = True  # in `nox -s tests` (otherwise in a session of its own)
+    test_threads: tuple = (None,)  # BLAS thread counts its test sessions run at (None: all cores)
     threads_fixed: bool = False  # sizes its thread pool once, at start: thread limits do not apply
     helpers = ("set_at", "scatter_add")  # methods that compute arrays (a trace records their calls)
 
@@ -170,6 +171,7 @@ class BackendEntry:
 
 class NumPyBackend(BackendEntry):
     name, module, distributions = "numpy", "numpy", ("numpy",)
+    test_threads = (None, 1)  # NumPy's BLAS is under test: at all threads and at one
 
     def load(self):
         """NumPy as an array namespace, with `sum` and `max` calling its C reductions directly.
@@ -239,7 +241,8 @@ class TorchBackend(BackendEntry):
     def devices(self) -> list:
         import torch
 
-        return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        mps = ["mps"] if torch.backends.mps.is_available() else []
+        return ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count())), *mps]
 
     def device(self, name):
         if name is None:
@@ -250,7 +253,10 @@ class TorchBackend(BackendEntry):
             device = torch.device(name)
         except (RuntimeError, TypeError) as error:
             raise BackendError(f"backend 'torch': {name!r} is not a device name ({error})") from None
-        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        if device.type == "cpu":
+            return device
+        counts = {"cuda": torch.cuda.device_count(), "mps": int(torch.backends.mps.is_available())}
+        if (device.index or 0) >= counts.get(device.type, 0):  # other device types: not supported here
             raise _no_device(self, name)
         return device
 
@@ -364,7 +370,7 @@ class CuPyBackend(BackendEntry):
             return None
         import cupy
 
-        text = str(name).removeprefix("cuda:")
+        text = "0" if str(name) == "cuda" else str(name).removeprefix("cuda:")
         if not text.isdigit() or int(text) >= cupy.cuda.runtime.getDeviceCount():
             raise _no_device(self, name)
         return cupy.cuda.Device(int(text))
@@ -378,7 +384,7 @@ class CuPyBackend(BackendEntry):
         shape = list(grad.shape)
         shape[axis] = size
         out = cupy.zeros(shape, dtype=grad.dtype)
-        cupy.add.at(out, (slice(None),) * axis + (indices,), grad)  # deterministic, unlike cupyx.scatter_add
+        cupy.add.at(out, (slice(None),) * axis + (indices,), grad)  # cupyx.scatter_add's successor (atomic adds)
         return out
 
     def to_host(self, array):
@@ -445,16 +451,19 @@ _by_namespace: dict = {}  # namespace -> entry, filled as namespaces are loaded 
 def register_backend(entry: BackendEntry) -> BackendEntry:
     """Add a backend: `bp.set_backend(entry.name)` selects it, and its arrays are recognised.
 
-    >>> class Strict2(ArrayApiStrictBackend):
-    ...     name = "strict2"
-    >>> register_backend(Strict2()).name in BACKENDS
-    True
-    >>> unregister_backend("strict2")
+    >>> class MyLib(BackendEntry):
+    ...     name, module, extra = "mylib", "mylib", "mylib"
+    >>> print(register_backend(MyLib()).unavailable())
+    backend 'mylib' is not installed: pip install "backprop[mylib]"
+    >>> unregister_backend("mylib")
     """
     if not entry.name or not entry.module:
         raise ValueError(f"{type(entry).__name__}: a backend entry needs a name and a module")
     if entry.name in BACKENDS:
         raise ValueError(f"a backend named {entry.name!r} is already registered")
+    same = [other.name for other in BACKENDS.values() if other.module == entry.module]
+    if same:  # arrays of one library would belong to two entries
+        raise ValueError(f"backend {entry.name!r}: module {entry.module!r} is already the backend {same[0]!r}")
     if entry.capture not in CAPTURE_KINDS:
         raise ValueError(f"backend {entry.name!r}: capture must be one of {CAPTURE_KINDS}, not {entry.capture!r}")
     BACKENDS[entry.name] = entry

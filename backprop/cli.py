@@ -19,6 +19,7 @@ from backprop.backend import installed_backends
 from backprop.backends import BACKENDS
 from backprop.data import DATASETS
 from backprop.errors import ConfigError, UserError
+from backprop.files import check_writable
 
 # dataset -> what its images are (inputs, classes) and a sensible hidden layer
 SHAPES = {"digits": (64, 10, 32), "mnist": (784, 10, 30), "fashion-mnist": (784, 10, 100), "spirals": (2, 2, 8)}
@@ -127,12 +128,13 @@ def _targets(labels: np.ndarray, loss: str, outputs: int, dtype: str):
 def train(args) -> int:
     for path, check in ((args.save, bp.io.check_weights_path), (args.checkpoint, bp.io.check_checkpoint_path),
                         (args.plot, bp.plots.check_plot_path)):  # fmt: skip
-        if path:
-            check(path)  # before any work: a bad path must not cost the training run
+        if path:  # before any work: a bad path must not cost the training run
+            check(path)
+            check_writable(path)
+    sizes = parse_layers(args.layers, args.dataset)
     if args.backend or args.device:
         bp.set_backend(args.backend or bp.get_backend().name, args.device)
     bp.manual_seed(args.seed)
-    sizes = parse_layers(args.layers, args.dataset)
     if args.loss == "cross_entropy" and sizes[-1] == 1:
         raise ConfigError("cross_entropy needs one output per class; use --loss bce for a single output")
     (x, y), (xt, yt) = load_dataset(args.dataset, args.data_dir)
@@ -175,10 +177,10 @@ def _version(packages) -> str | None:
 def info() -> int:
     print(f"backprop {bp.__version__} on Python {platform.python_version()} ({platform.machine()})")
     for name, entry in BACKENDS.items():
-        version = _version(entry.distributions)
-        if version is None:
-            print(f"  {name:17} not installed")
+        if not entry.installed():
+            print(f"  {name:17} not installed ({entry.install_hint()})")
             continue
+        version = _version(entry.distributions) or "?"
         reason = entry.unavailable()
         if reason is None:
             print(f"  {name:17} {version:12} devices {', '.join(map(str, entry.devices()))}")

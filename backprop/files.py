@@ -18,6 +18,16 @@ def _umask() -> int:
     return mask
 
 
+def check_writable(path) -> None:
+    """Raise PermissionError now if `path` could not be written (its folder, or the nearest existing
+    one atomic_write would create it in, is not writable)."""
+    folder = Path(path).absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{path}: cannot write into {folder}")
+
+
 def atomic_write(path, write, verify=None) -> None:
     """Call `write(binary_file)`, then `verify(temporary_path)` if given, then move into place."""
     path = Path(path)

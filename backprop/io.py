@@ -96,12 +96,23 @@ def save_checkpoint(path, model, optimizer, epoch: int, history=None) -> None:
     _save_arrays(path, arrays)
 
 
+def _metadata(path, meta) -> dict:
+    """A checkpoint's metadata, with every field that loading reads present."""
+    try:
+        meta = json.loads(str(meta))
+        [meta["optimizer"][field] for field in ("type", "hyper", "count")]
+        [meta[field] for field in ("epoch", "rng_state", "history")]
+    except (ValueError, KeyError, TypeError) as error:  # not JSON, a field missing, not a dict
+        raise FileFormatError(f"{path}: not a readable backprop checkpoint (metadata: {error!r})") from None
+    return meta
+
+
 def load_checkpoint(path, model, optimizer) -> dict:
     """Restore what `save_checkpoint` wrote; returns its metadata (epoch, history, ...)."""
     arrays = _load_arrays(path)
     if "meta" not in arrays:
         raise FileFormatError(f"{path}: not a backprop checkpoint (no metadata)")
-    meta = json.loads(str(arrays["meta"]))
+    meta = _metadata(path, arrays["meta"])
     if meta["optimizer"]["type"] != type(optimizer).__name__:
         raise FileFormatError(
             f"{path}: checkpoint holds a {meta['optimizer']['type']} state, not {type(optimizer).__name__}"

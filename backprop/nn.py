@@ -1,8 +1,9 @@
 """Modules: parameters found by reflection, state dicts, layers, activations, initializers.
 
 A module's parameters and sub-modules are found in its attributes, also inside lists, tuples and
-dicts (`self.blocks = [Linear(..), Linear(..)]` names its parameters "blocks.0.weight", ...); a
-parameter shared by two layers is one parameter.
+dicts (`self.blocks = [Linear(..), Linear(..)]` names its parameters "blocks.0.weight", ...). A
+parameter shared by two layers is one parameter, named by its first path (attributes before
+container items); `load_state_dict` accepts it under any of its names.
 
 >>> import backprop as bp
 >>> bp.manual_seed(0)
@@ -61,9 +62,8 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} defines no forward()")
 
     def children(self):
-        """(name, module) for each direct sub-module, also those inside lists, tuples and dicts."""
-        for name, value in vars(self).items():
-            yield from _members(name, value, Module)
+        """(name, module) for each direct sub-module: attributes, then items of lists, tuples and dicts."""
+        return _members_of(self, Module)
 
     def named_modules(self, prefix: str = ""):
         """(dotted name, module) for this module ("" at the top) and every sub-module, each once."""
@@ -80,12 +80,20 @@ class Module:
         """(dotted name, Parameter) for this module's parameters and its sub-modules', each once
         (a shared parameter keeps its first name)."""
         seen = set()
-        for name, module in self.named_modules(prefix):
-            for attribute, value in vars(module).items():
-                for path, p in _members(attribute, value, Parameter):
-                    if id(p) not in seen:
-                        seen.add(id(p))
-                        yield (f"{name}.{path}" if name else path), p
+        for name, p in self._parameter_paths(prefix):
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield name, p
+
+    def _parameter_paths(self, prefix: str = "", _path: frozenset = frozenset()):
+        """(dotted name, Parameter) along every path, own parameters first: a shared parameter or
+        module comes once per path to it; a path that comes back to a module on it stops there."""
+        for name, p in _members_of(self, Parameter):
+            yield prefix + name, p
+        path = _path | {id(self)}
+        for name, child in self.children():
+            if id(child) not in path:
+                yield from child._parameter_paths(f"{prefix}{name}.", path)
 
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
@@ -108,20 +116,35 @@ class Module:
         return {name: p.data for name, p in self.named_parameters()}
 
     def load_state_dict(self, state: dict) -> None:
-        """Copy arrays (any backend, or NumPy) into the parameters; names and shapes must match."""
-        params = dict(self.named_parameters())
-        missing, unexpected = sorted(params.keys() - state.keys()), sorted(state.keys() - params.keys())
-        if missing or unexpected:
-            raise StateDictError(
-                f"state dict does not match {type(self).__name__}: missing {missing}, unexpected {unexpected}"
-            )
-        for name, p in params.items():
+        """Copy arrays (any backend, or NumPy) into the parameters. Every parameter must be given,
+        under its name or (a shared one) any of its names, with its shape; nothing is copied unless
+        all of them are."""
+        paths = list(self._parameter_paths())
+        names = {name for name, _ in paths}
+        given: dict = {}  # id(parameter) -> (name, host array)
+        for name, p in paths:
+            if name not in state:
+                continue
             host = to_numpy(state[name])
             if tuple(host.shape) != p.shape:
                 raise StateDictError(
                     f"parameter {name!r}: state dict has shape {tuple(host.shape)}, model has {p.shape}"
                 )
-            p.data = p.xp.asarray(host.astype(dtype_name(p.dtype)), device=p.device)
+            if id(p) in given and not np.array_equal(given[id(p)][1], host):
+                raise StateDictError(
+                    f"parameters {given[id(p)][0]!r} and {name!r} are one, but differ in the state dict"
+                )
+            given.setdefault(id(p), (name, host))
+        missing = [name for name, p in self.named_parameters() if id(p) not in given]
+        unexpected = sorted(state.keys() - names)
+        if missing or unexpected:
+            raise StateDictError(
+                f"state dict does not match {type(self).__name__}: missing {missing}, unexpected {unexpected}"
+            )
+        arrays = {id(p): p.xp.asarray(given[id(p)][1].astype(dtype_name(p.dtype)), device=p.device)
+                  for _, p in self.named_parameters()}  # fmt: skip
+        for _, p in self.named_parameters():
+            p.data = arrays[id(p)]
 
     def to(self, backend: str | None = None, device=None, dtype: str | None = None) -> Module:
         """Move every parameter to another backend and/or device and/or floating dtype (in place)."""
@@ -139,6 +162,18 @@ class Module:
     def __repr__(self) -> str:
         inner = ", ".join(f"{name}={child!r}" for name, child in self.children())
         return f"{type(self).__name__}({inner})"
+
+
+def _members_of(module: Module, kind):
+    """(name, item) for the `kind`s among `module`'s attributes: the attributes themselves first,
+    then items of lists, tuples and dicts (so a module also held in a list keeps its attribute's name)."""
+    attributes = vars(module).items()
+    for name, value in attributes:
+        if isinstance(value, kind):
+            yield name, value
+    for name, value in attributes:
+        if isinstance(value, (list, tuple, dict)):
+            yield from _members(name, value, kind)
 
 
 def _members(name: str, value, kind):

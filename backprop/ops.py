@@ -19,6 +19,7 @@ once). Backward closures capture arrays only, never the output tensor.
 from __future__ import annotations
 
 import operator
+import sys
 from numbers import Number
 
 from backprop.backend import backend_name
@@ -28,7 +29,8 @@ from backprop.tensor import Tensor, result
 OPS: dict = {}  # name -> function: every public differentiable op, in registration order
 
 # reflected operators: `2 * t` calls t.__rmul__(2), which is mul(2, t)
-_REFLECTED = {f"__r{name}__" for name in ("add", "sub", "mul", "truediv", "pow", "matmul")}
+_BINARY = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift")
+_REFLECTED = {f"__r{name}__" for name in _BINARY}
 
 
 def op(*methods: str, **attributes):
@@ -53,6 +55,9 @@ def op(*methods: str, **attributes):
         name = function.__name__
         if name in OPS:
             raise ValueError(f"an op named {name!r} is already registered")
+        package = sys.modules.get("backprop")  # during backprop's own import: the module being built
+        if package is not None and hasattr(package, name):
+            raise ValueError(f"op {name!r}: backprop already has an attribute {name!r}")
         attached = {m: (_reflected(function) if m in _REFLECTED else function) for m in methods}
         attached.update(attributes)
         taken = sorted(m for m in attached if hasattr(Tensor, m))
@@ -61,6 +66,8 @@ def op(*methods: str, **attributes):
         OPS[name] = function
         for attribute, value in attached.items():
             setattr(Tensor, attribute, value)
+        if package is not None:
+            setattr(package, name, function)
         _ATTACHED[name] = tuple(attached)
         return function
 
@@ -71,10 +78,15 @@ _ATTACHED: dict = {}  # op name -> the Tensor attributes it attached
 
 
 def unregister(name: str) -> None:
-    """Remove an op registered with `op` (and its Tensor attributes): for tests and experiments."""
+    """Remove an op registered with `op` (its export and Tensor attributes): for tests and experiments."""
+    if name not in OPS:
+        raise ValueError(f"no op named {name!r} is registered")
     del OPS[name]
     for attribute in _ATTACHED.pop(name):
         delattr(Tensor, attribute)
+    package = sys.modules.get("backprop")
+    if package is not None and name in vars(package):
+        delattr(package, name)
 
 
 def _reflected(function):

@@ -22,15 +22,13 @@ from backprop.backends import backend_of
 from backprop.errors import ConfigError
 from backprop.tensor import Tensor
 
-_END = object()  # marks an exhausted iterator
-
 
 class Optimizer:
     """Holds the parameters, their state arrays and the step count; subclasses define `_delta`.
 
     A step is two parts: `start_step()`, which counts the step and gives its Python numbers that
-    change during training (the learning rate, bias corrections), and `update(grads, ...)`, the
-    array work, which changes no Python state. A captured step (backprop.step.TrainStep) replays
+    change during training (the learning rate, bias corrections), and `update(numbers, grads)`,
+    the array work, which changes no Python state. A captured step (backprop.step.TrainStep) replays
     the array work and passes the numbers in as arrays, so schedules keep working. Any other
     Python number the update reads is named in `hyperparameters`: a captured step captures again
     when one changes. The state arrays are read and replaced through `state_arrays()` and
@@ -57,7 +55,7 @@ class Optimizer:
     def step(self) -> None:
         """Update every parameter by its `.grad` (one that has none stays)."""
         numbers = self.start_step()
-        self.update([p.grad for p in self.params], lambda p: numbers)
+        self.update(lambda p: numbers)
 
     def start_step(self) -> dict:
         """Count a step; the numbers of that step (see `numbers`)."""
@@ -68,10 +66,11 @@ class Optimizer:
         """This step's numbers that change during training (after `steps` has counted the step)."""
         return {"lr": self.lr}
 
-    def update(self, grads, numbers_of) -> None:
-        """Move each parameter by its gradient in `grads` (one per parameter; None: leave it);
-        `numbers_of(p)` gives this step's numbers for `p` (Python floats in an eager step, 0-d
-        arrays of p's dtype in a captured one)."""
+    def update(self, numbers_of, grads=None) -> None:
+        """Move each parameter by its gradient; `numbers_of(p)` gives this step's numbers for `p`
+        (Python floats in an eager step, 0-d arrays of p's dtype in a captured one). `grads` has one
+        gradient per parameter (None: leave that one), each parameter's `.grad` by default."""
+        grads = [p.grad for p in self.params] if grads is None else grads
         for p, grad, state, immutable in zip(self.params, grads, self.state, self._immutable, strict=True):
             if grad is not None:
                 delta = self._delta(p, grad, state, numbers_of(p))
@@ -93,20 +92,15 @@ class Optimizer:
         return [array for state in self.state for array in state.values()]
 
     def load_state_arrays(self, arrays) -> None:
-        """Replace the state arrays by `arrays`, given in the order of `state_arrays()`."""
+        """Replace the state arrays by `arrays` (a list), given in the order of `state_arrays()`;
+        nothing changes when their number is wrong."""
+        count = sum(map(len, self.state))
+        if len(arrays) != count:
+            raise ValueError(f"{len(arrays)} state arrays given for a {type(self).__name__} state of {count}")
         it = iter(arrays)
-        try:
-            for state in self.state:
-                for name in state:
-                    state[name] = next(it)
-        except StopIteration:
-            raise ValueError(self._count_error(arrays)) from None
-        if next(it, _END) is not _END:
-            raise ValueError(self._count_error(arrays))
-
-    def _count_error(self, arrays) -> str:
-        count = sum(len(state) for state in self.state)
-        return f"{len(list(arrays))} state arrays given for a {type(self).__name__} state of {count}"
+        for state in self.state:
+            for name in state:
+                state[name] = next(it)
 
     def snapshot(self):
         """Copies of the state and the step count, for `restore` (to undo steps)."""
@@ -210,6 +204,8 @@ class ClipGradNorm:
     >>> np.round(clipped[0], 6).tolist(), clipped[1]
     ([0.6, 0.8], None)
     """
+
+    hyperparameters = ("max_norm", "eps")  # read by a captured step's key: a change captures again
 
     def __init__(self, max_norm: float, eps: float = 1e-6):
         if not max_norm > 0:

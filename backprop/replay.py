@@ -6,7 +6,7 @@ verify and replay.
 
 from __future__ import annotations
 
-from backprop.backend import copy_array
+from backprop.backend import copy_array, namespace_of
 from backprop.trace import trace
 
 
@@ -64,7 +64,8 @@ class TracedReplay:
         inputs = layout.inputs(function.state(), numbers.arrays(numbers_now), x, y)
         program, results = trace(function.body(layout, numbers), inputs)
         loss, out = function.take_outputs(layout, results)  # the traced call was a real step: keep it
-        function.load_state(function.state(), xp=function.xp)  # real arrays again, not stand-ins
+        for p in function.params:  # real arrays again, not stand-ins
+            p.xp = namespace_of(p.data)
         mode = "jit" if entry.capture == "jit" else "traced"
         return cls(function, entry.compile(program), layout, numbers, mode), (loss, out)
 

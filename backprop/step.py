@@ -3,11 +3,15 @@
 The step protocol, which every path below follows (eager, traced, jit, CUDA graph):
 
 1. the optimizer counts the step and gives its numbers (`start_step()`: lr, bias corrections);
+   an eager step counts once backward and the hooks have succeeded, and a replay that fails is
+   undone, so a step that raises is never counted;
 2. gradients are cleared; forward, loss, backward;
 3. the gradient hooks run, in order, on the list of gradients (`hook(grads) -> grads`): this is
    where a data-parallel all-reduce or gradient clipping (`bp.optim.ClipGradNorm`) plugs in;
-   `.grad` then holds what they returned;
-4. the optimizer updates the parameters from those gradients (`update(grads, numbers)`).
+   `.grad` then holds what they returned. A hook names the Python numbers it reads in a
+   `hyperparameters` tuple, as optimizers do, so that a captured step captures again when one
+   changes; a number it does not name is frozen into a capture (as jax.jit freezes Python values);
+4. the optimizer updates the parameters from those gradients (`update(numbers, grads)`).
 
 The arrays a step reads are its state (the parameters, then the optimizer's state arrays), the
 step's numbers, and the batch; it returns the state after the step, the gradients, the loss and
@@ -110,6 +114,7 @@ class StepFunction:
     def __init__(self, model, loss, optimizer, gradient_hooks=()):
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.gradient_hooks = list(gradient_hooks)
+        self._hooks_with_numbers = [hook for hook in self.gradient_hooks if getattr(hook, "hyperparameters", ())]
         self.params = list({id(p): p for p in [*model.parameters(), *optimizer.params]}.values())
         if not self.params:
             raise ValueError(f"{type(model).__name__} has no parameters to train")
@@ -166,14 +171,15 @@ class StepFunction:
         """Undo the steps since `snapshot`: parameters, optimizer state and count, random state."""
         params, optimizer, rng = snapshot
         for p, array in zip(self.params, params, strict=True):
-            p.data, p.xp, p.grad = array, self.xp, None
+            p.data, p.xp, p.grad = array, namespace_of(array), None
         self.optimizer.restore(optimizer)
         set_rng_state(rng)
 
     # --- the step ---
 
-    def run(self, x, y, numbers_of):
-        """Steps 2 to 4 of the protocol on the current state: the loss and outputs (tensors)."""
+    def run(self, x, y, numbers_of=None):
+        """Steps 2 to 4 of the protocol on the current state: the loss and outputs (tensors).
+        Without `numbers_of` (an eager step), step 1 happens just before the update."""
         for p in self.params:
             p.grad = None
         out = self.model(Tensor(x))
@@ -185,13 +191,15 @@ class StepFunction:
             if len(grads) != len(self.params):
                 raise ValueError(f"gradient hook {hook!r} returned {len(grads)} gradients for {len(self.params)}")
         self.set_grads(grads)
-        self.optimizer.update([p.grad for p in self.optimizer.params], numbers_of)
+        if numbers_of is None:
+            numbers = self.optimizer.start_step()
+            numbers_of = lambda p: numbers
+        self.optimizer.update(numbers_of, [p.grad for p in self.optimizer.params])
         return loss, out
 
     def eager(self, x, y):
         """One whole step (protocol steps 1 to 4): the loss and outputs (arrays)."""
-        numbers = self.optimizer.start_step()
-        loss, out = self.run(x, y, lambda p: numbers)
+        loss, out = self.run(x, y)
         return loss.data, out.data
 
     def body(self, layout: Layout, numbers: NumberTable):
@@ -218,6 +226,7 @@ class StepFunction:
             x.shape, x.dtype, y.shape, y.dtype, self.model.training,
             tuple([getattr(opt, name) for name in opt.hyperparameters]),
             opt.state_names(), tuple([(a.shape, a.dtype) for a in state]),
+            *[tuple([getattr(hook, name) for name in hook.hyperparameters]) for hook in self._hooks_with_numbers],
         )  # fmt: skip
 
 
@@ -235,9 +244,18 @@ class TrainStep:
         self._warmed: set = set()
         self._captures: dict = {}
 
-    model = property(lambda self: self.function.model)
-    loss = property(lambda self: self.function.loss)
-    optimizer = property(lambda self: self.function.optimizer)
+    params = property(lambda self: self.function.params)
+    model = property(lambda self: self.function.model, lambda self, value: self._replan(model=value))
+    loss = property(lambda self: self.function.loss, lambda self, value: self._replan(loss=value))
+    optimizer = property(lambda self: self.function.optimizer, lambda self, value: self._replan(optimizer=value))
+
+    def _replan(self, **change) -> None:
+        """A new model, loss or optimizer: a new step function, and nothing captured for the old one."""
+        function = self.function
+        parts = {"model": function.model, "loss": function.loss, "optimizer": function.optimizer, **change}
+        self.function = StepFunction(**parts, gradient_hooks=function.gradient_hooks)
+        self._captures.clear()
+        self._warmed.clear()
 
     def __call__(self, inputs, targets):
         x = inputs.data if isinstance(inputs, Tensor) else inputs

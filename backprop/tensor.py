@@ -201,7 +201,13 @@ def _backpropagate(root: Tensor, grad, retain_graph: bool, wanted):
             kept[id(node)] = g
         parents = node._parents
         needs = tuple([parent.requires_grad for parent in parents])
-        parent_grads = node._backward(g, needs)
+        try:
+            parent_grads = node._backward(g, needs)
+        except TypeError as error:
+            _check_backward_signature(node._backward, error)
+            raise
+        if not isinstance(parent_grads, (tuple, list)):
+            parent_grads = tuple(parent_grads)
         if len(parent_grads) != len(parents):
             raise RuntimeError(
                 f"the backward of {node._backward.__qualname__} returned {len(parent_grads)} gradients "
@@ -219,6 +225,20 @@ def _backpropagate(root: Tensor, grad, retain_graph: bool, wanted):
             node._backward = _graph_freed
     grads.update(kept)
     return leaves, grads
+
+
+def _check_backward_signature(backward, error: TypeError) -> None:
+    """A backward written as `backward(g)` (before `needs` was passed): say so, not just the TypeError."""
+    import inspect
+
+    try:
+        arguments = inspect.signature(backward).bind(None, None)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"the backward of {backward.__qualname__} must take (g, needs): the upstream gradient and one "
+            "flag per input saying whether it needs a gradient"
+        ) from error
+    del arguments
 
 
 def grad(output: Tensor, inputs, grad_output=None, retain_graph: bool = False):

@@ -57,6 +57,11 @@ def _is_array(value) -> bool:
     return isinstance(value, np.generic) or is_array_api_obj(value)
 
 
+def is_traced(array) -> bool:
+    """Whether `array` is a stand-in inside a trace (its values cannot be read now)."""
+    return isinstance(array, Traced)
+
+
 # --- the record ---
 
 

@@ -75,7 +75,7 @@ def cpu_device() -> Device:
 def gpu_device() -> Device:
     """Every backend with a GPU here, CuPy first (the array peers run on CuPy); an error that says why
     there is none."""
-    reason = BACKENDS["cupy"].unavailable()
+    reason = BACKENDS["cupy"].unavailable()  # the hand-written peers run on CuPy
     if reason is not None:
         raise RuntimeError(f"--device gpu needs CuPy and an NVIDIA GPU: {reason}")
     import cupy
@@ -85,7 +85,7 @@ def gpu_device() -> Device:
         device = entry.accelerator()
         if device is not None:
             backends.append((name if entry.on_gpu else f"{name} {device}", name, None if entry.on_gpu else device))
-    torch_device = next((device for _, name, device in backends if name == "torch"), None)
+    torch_device = BACKENDS["torch"].accelerator() if HAVE_TORCH else None  # where the PyTorch peer runs
     props = cupy.cuda.runtime.getDeviceProperties(0)
     name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
     gpu = f"{name}, {props['totalGlobalMem'] / 2**30:.0f} GiB, CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}"

@@ -122,6 +122,15 @@ def test_devices_are_checked_when_the_backend_is_chosen():
     assert bp.get_backend().name == "numpy" and bp.get_backend().device is None
 
 
+def test_torch_refuses_device_types_it_cannot_run_here():
+    pytest.importorskip("torch")
+    entry = BACKENDS["torch"]
+    assert str(entry.device("cpu")) == "cpu"
+    for name in ("meta", "mps:3", "xpu", f"cuda:{len(entry.devices())}"):
+        with pytest.raises(bp.BackendError, match=f"backend 'torch' has no device '{name}'; devices here: cpu"):
+            entry.device(name)
+
+
 # the names by which code could test which library an array comes from
 _IDENTITY = re.compile(
     r"is_(numpy|cupy|torch|jax|dask|ndonnx|array_api_strict)_(array|namespace)|\w\.__name__\s*(==|!=|\.startswith)"
@@ -129,13 +138,15 @@ _IDENTITY = re.compile(
 
 
 def test_no_module_outside_the_backend_layer_tests_a_backends_identity():
-    package = Path(bp.__file__).parent
+    root = Path(bp.__file__).parent.parent
+    files = [*(root / "backprop").rglob("*.py"), *(root / "bench").glob("*.py"), root / "noxfile.py"]
     offenders = [
-        f"{path.relative_to(package)}:{number}"
-        for path in package.rglob("*.py")
+        f"{path.relative_to(root)}:{number}"
+        for path in files
         if path.name not in ("backend.py", "backends.py")
         for number, line in enumerate(path.read_text().splitlines(), 1)
-        if _IDENTITY.search(line) or re.search(r"""\b(backend|name) (==|!=|in) \(?["'](numpy|cupy|torch|jax)""", line)
+        if _IDENTITY.search(line)
+        or re.search(r"""\b\w*(backend|name)\)? (==|!=|in) \(?["'](numpy|cupy|torch|jax|array_api)""", line)
     ]
     assert offenders == [], "backend identity tested outside backend.py/backends.py"
 

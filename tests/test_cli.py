@@ -1,8 +1,10 @@
 """The command line: training on the bundled data, saving, plots, info, and one-line errors."""
 
+import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from backprop.cli import main
@@ -74,6 +76,19 @@ def test_a_resume_from_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path, cap
     assert main(["train", "--epochs", "1", "--no-progress", "--save", str(tmp_path / "w.npz")]) == 0
     assert main(["train", "--epochs", "2", "--no-progress", "--resume", str(tmp_path / "w.npz")]) == 1
     assert "w.npz: not a backprop checkpoint (no metadata)" in capsys.readouterr().err
+
+
+def test_a_checkpoint_with_malformed_metadata_is_one_line(tmp_path, capsys):
+    path = tmp_path / "run.npz"
+    assert main(["train", "--epochs", "1", "--no-progress", "--checkpoint", str(path)]) == 0
+    arrays = dict(np.load(path))
+    meta = json.loads(str(arrays["meta"]))
+    del meta["optimizer"]["hyper"]
+    np.savez(path, **{**arrays, "meta": np.array(json.dumps(meta))})
+    assert main(["train", "--epochs", "2", "--no-progress", "--resume", str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "run.npz: not a readable backprop checkpoint (metadata: KeyError('hyper'))" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_a_bug_in_the_engine_keeps_its_traceback(monkeypatch):

@@ -34,6 +34,39 @@ def test_state_dict_round_trip_and_mismatches():
         target.load_state_dict({**state, "0.bias": np.zeros(5)})
 
 
+def test_a_load_that_fails_late_changes_nothing():
+    """A wrong shape in the last layer is found before the first layer is touched."""
+    source, target = _model(), _model()
+    before = {name: a.copy() for name, a in ((n, p.numpy()) for n, p in target.named_parameters())}
+    state = {**source.state_dict(), "3.weight": np.zeros((3, 4))}
+    with pytest.raises(bp.nn.StateDictError, match=r"parameter '3.weight': state dict has shape \(3, 4\)"):
+        target.load_state_dict(state)
+    for name, p in target.named_parameters():
+        np.testing.assert_array_equal(p.numpy(), before[name], strict=True, err_msg=name)
+
+
+class _Tied(nn.Module):
+    def __init__(self):
+        self.encoder = nn.Linear(3, 2, bias=False, dtype="float64")
+        self.decoder = nn.Linear(3, 2, bias=False, dtype="float64")
+        self.decoder.weight = self.encoder.weight
+
+    def forward(self, x):
+        return x @ self.encoder.weight + x @ self.decoder.weight
+
+
+def test_a_shared_parameter_loads_under_any_of_its_names_and_they_must_agree():
+    model, w = _Tied(), np.arange(6.0).reshape(3, 2)
+    assert list(model.state_dict()) == ["encoder.weight"]
+    for state in ({"decoder.weight": w}, {"encoder.weight": w, "decoder.weight": w}):  # an older file kept both
+        model.load_state_dict({k: v + 1 for k, v in state.items()})
+        np.testing.assert_array_equal(model.decoder.weight.numpy(), w + 1, strict=True)
+        assert model.decoder.weight is model.encoder.weight
+    with pytest.raises(bp.nn.StateDictError, match="'encoder.weight' and 'decoder.weight' are one, but differ"):
+        model.load_state_dict({"encoder.weight": w, "decoder.weight": w * 2})
+    np.testing.assert_array_equal(model.encoder.weight.numpy(), w + 1, strict=True)
+
+
 def test_zero_grad_train_eval_and_dropout(backend):
     model = _model()
     x = bp.randn(8, 5)
@@ -132,7 +165,7 @@ def test_parameters_inside_lists_tuples_and_dicts_are_found_named_and_trained(ba
     model = _Blocks()
     names = [name for name, _ in model.named_parameters()]
     assert names == [
-        "extra.0.1", "scale", "blocks.0.weight", "blocks.0.bias", "blocks.1.weight", "blocks.1.bias",
+        "scale", "extra.0.1", "blocks.0.weight", "blocks.0.bias", "blocks.1.weight", "blocks.1.bias",
         "heads.a.weight", "heads.a.bias", "heads.b.weight", "heads.b.bias",
     ]  # fmt: skip
     model.eval()

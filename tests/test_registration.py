@@ -102,3 +102,35 @@ def test_a_backward_that_returns_too_few_gradients_is_an_error_naming_it():
     a, b = bp.tensor([1.0], requires_grad=True), bp.tensor([2.0], requires_grad=True)
     with pytest.raises(RuntimeError, match=r"the backward of .*lossy.* returned 1 gradients for 2 inputs"):
         lossy(a, b).sum().backward()
+
+
+def test_every_reflected_operator_puts_the_plain_value_first(registry):
+    @bp.op("__mod__", "__rmod__")
+    def remainder(a, b):
+        a, b = (t if isinstance(t, Tensor) else bp.tensor(t, dtype="float64") for t in (a, b))
+        return result(a.data % b.data, a.xp, (a, b), lambda g, needs: (g, -g * (a.data // b.data)))
+
+    x = bp.tensor([5.0, 7.5], dtype="float64", requires_grad=True)
+    np.testing.assert_array_equal((x % 2.0).numpy(), [1.0, 1.5], strict=True)
+    np.testing.assert_array_equal((17.0 % x).numpy(), [2.0, 2.0], strict=True)
+
+
+def test_an_op_may_not_shadow_a_name_backprop_already_has(registry):
+    with pytest.raises(ValueError, match="op 'fit': backprop already has an attribute 'fit'"):
+
+        @bp.op()
+        def fit(x):
+            return x
+
+    assert bp.fit.__module__ == "backprop.train" and "fit" not in ops.OPS
+    with pytest.raises(ValueError, match="no op named 'nothing_here' is registered"):
+        ops.unregister("nothing_here")
+
+
+def test_a_backward_written_before_needs_existed_says_what_it_must_take():
+    def old_style(a):
+        return result(a.data * 3, a.xp, (a,), lambda g: (g * 3,))
+
+    a = bp.tensor([1.0], requires_grad=True)
+    with pytest.raises(TypeError, match=r"must take \(g, needs\)"):
+        old_style(a).sum().backward()

@@ -345,3 +345,71 @@ def test_the_layout_names_every_part_and_refuses_wrong_counts():
         layout.outputs(["p0", "p1", "s0", "s1", "s2"], ["g0"], "loss", "out")
     with pytest.raises(ValueError, match="expects 9 step outputs, got 8"):
         layout.split_outputs(out[:-1])
+
+
+def test_a_hooks_named_numbers_join_the_capture_key():
+    """A clipping threshold changed mid-training is captured anew, not frozen into the replay."""
+
+    def train(capture):
+        bp.manual_seed(0)
+        x, y = bp.data.spirals(64)
+        model = bp.nn.mlp([2, 16, 2], "tanh", dtype="float64")
+        clip = bp.optim.ClipGradNorm(0.01)
+        step = bp.TrainStep(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), lr=0.1),
+                            capture=capture, gradient_hooks=[clip])  # fmt: skip
+        modes = []
+        for i in range(12):
+            if i == 6:
+                clip.max_norm = 1e9
+            step(x, y)
+            modes.append(step.mode)
+        return [p.numpy() for p in model.parameters()], modes
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", bp.CaptureWarning)
+        captured, modes = train(True)
+    assert modes[6] == "eager" and "traced" in modes[3:6] and "traced" in modes[9:], modes
+    for got, want in zip(captured, train(False)[0], strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14, strict=True)
+
+
+@pytest.mark.parametrize("capture", [False, True])
+def test_a_step_that_raises_is_not_counted(capture):
+    """Adam's bias corrections follow the step count: a failed step must not advance it."""
+
+    def failing_hook(grads):
+        if failing_hook.fail:
+            raise RuntimeError("all-reduce timed out")
+        return grads
+
+    failing_hook.fail = False
+    model = bp.nn.mlp([3, 2], "tanh", dtype="float64")
+    opt = bp.optim.Adam(model.parameters(), lr=0.1)
+    step = bp.TrainStep(model, bp.losses.mse_loss, opt, capture=capture, gradient_hooks=[failing_hook])
+    x, y = np.ones((4, 3)), np.zeros((4, 2))
+    step(x, y)
+    before = [p.numpy().copy() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"expects input of shape \(batch, 3\), got \(4, 5\)"):
+        step(np.ones((4, 5)), y)  # fails in the forward pass
+    failing_hook.fail = True
+    with pytest.raises(RuntimeError, match="all-reduce timed out"):
+        step(x, y)  # fails in a hook
+    assert opt.steps == 1
+    for got, want in zip([p.numpy() for p in model.parameters()], before, strict=True):
+        np.testing.assert_array_equal(got, want, strict=True)
+
+
+def test_a_new_model_loss_or_optimizer_on_a_train_step_is_planned_anew():
+    bp.manual_seed(0)
+    model = bp.nn.mlp([3, 2], "tanh", dtype="float64")
+    step = bp.TrainStep(model, bp.losses.mse_loss, bp.optim.SGD(model.parameters(), lr=0.1))
+    x, y = np.ones((4, 3)), np.zeros((4, 2))
+    for _ in range(4):
+        step(x, y)
+    assert step.mode == "traced" and step.params == model.parameters()
+    other = bp.nn.mlp([3, 2], "tanh", dtype="float64")
+    step.model, step.optimizer = other, bp.optim.SGD(other.parameters(), lr=0.1)
+    before = other.parameters()[0].numpy().copy()
+    step(x, y)
+    assert step.mode == "eager" and step.params == other.parameters()
+    assert not np.array_equal(other.parameters()[0].numpy(), before)  # the new model trained
