@@ -16,6 +16,7 @@ container items); `load_state_dict` accepts it under any of its names.
 
 from __future__ import annotations
 
+import functools
 import math
 from itertools import pairwise
 
@@ -63,7 +64,7 @@ class Module:
 
     def children(self):
         """(name, module) for each direct sub-module: attributes, then items of lists, tuples and dicts."""
-        return _members_of(self, Module)
+        return iter(_members_of(self)[1])
 
     def named_modules(self, prefix: str = ""):
         """(dotted name, module) for this module ("" at the top) and every sub-module, each once."""
@@ -85,15 +86,12 @@ class Module:
                 seen.add(id(p))
                 yield name, p
 
-    def _parameter_paths(self, prefix: str = "", _path: frozenset = frozenset()):
+    def _parameter_paths(self, prefix: str = "") -> list:
         """(dotted name, Parameter) along every path, own parameters first: a shared parameter or
         module comes once per path to it; a path that comes back to a module on it stops there."""
-        for name, p in _members_of(self, Parameter):
-            yield prefix + name, p
-        path = _path | {id(self)}
-        for name, child in self.children():
-            if id(child) not in path:
-                yield from child._parameter_paths(f"{prefix}{name}.", path)
+        paths: list = []
+        _collect_parameters(self, prefix, set(), paths)
+        return paths
 
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
@@ -164,29 +162,48 @@ class Module:
         return f"{type(self).__name__}({inner})"
 
 
-def _members_of(module: Module, kind):
-    """(name, item) for the `kind`s among `module`'s attributes: the attributes themselves first,
-    then items of lists, tuples and dicts (so a module also held in a list keeps its attribute's name)."""
-    attributes = vars(module).items()
-    for name, value in attributes:
-        if isinstance(value, kind):
-            yield name, value
-    for name, value in attributes:
-        if isinstance(value, (list, tuple, dict)):
-            yield from _members(name, value, kind)
+def _collect_parameters(module: Module, prefix: str, path: set, out: list) -> None:
+    """Append `module`'s parameters and its sub-modules' (depth first) to `out`; `path` holds the
+    ids of the modules above it (a cycle stops where it comes back)."""
+    own_children = type(module).children is not Module.children  # a module that names its children itself
+    parameters, children = _members_of(module, modules=not own_children)
+    for name, p in parameters:
+        out.append((prefix + name, p))
+    path.add(id(module))
+    for name, child in module.children() if own_children else children:
+        if id(child) not in path:
+            _collect_parameters(child, f"{prefix}{name}.", path, out)
+    path.discard(id(module))
 
 
-def _members(name: str, value, kind):
-    """(dotted name, item) for `value` if it is a `kind`, and for the `kind`s inside it when it is
-    a list, tuple or dict (nested ones too)."""
-    if isinstance(value, kind):
-        yield name, value
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            yield from _members(f"{name}.{i}", item, kind)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _members(f"{name}.{key}", item, kind)
+def _members_of(module: Module, modules: bool = True) -> tuple[list, list]:
+    """(name, item) lists of the Parameters and (if `modules`) of the Modules among `module`'s
+    attributes: the attributes themselves first, then items of lists, tuples and dicts (so a module
+    also held in a list keeps its attribute's name)."""
+    found_parameters, found_modules, containers = [], [], []
+    for name, value in vars(module).items():
+        if isinstance(value, Parameter):
+            found_parameters.append((name, value))
+        elif isinstance(value, Module):
+            found_modules.append((name, value))
+        elif isinstance(value, (list, tuple, dict)):
+            containers.append((name, value))
+    for name, value in containers:
+        _members(name, value, Parameter, found_parameters)
+        if modules:
+            _members(name, value, Module, found_modules)
+    return found_parameters, found_modules
+
+
+def _members(name: str, container, kind, out: list) -> None:
+    """Append (dotted name, item) to `out` for the `kind`s inside a list, tuple or dict (nested
+    ones too)."""
+    items = container.items() if isinstance(container, dict) else enumerate(container)
+    for key, item in items:
+        if isinstance(item, kind):
+            out.append((f"{name}.{key}", item))
+        elif isinstance(item, (list, tuple, dict)):
+            _members(f"{name}.{key}", item, kind, out)
 
 
 # --- initializers: host arrays drawn from the seeded generator, fan_in = in_features ---
@@ -343,9 +360,14 @@ class Sequential(Module):
 def _fused_activation(layer: Module, after: Module) -> str | None:
     """The activation `layer` applies in its own node when `after` follows it, or None (the rule
     of Sequential.forward: both classes declare their part themselves)."""
-    if not vars(type(layer)).get("fuses_activation", False):
+    return _fusion(type(layer), type(after))
+
+
+@functools.cache
+def _fusion(layer: type, after: type) -> str | None:
+    if not vars(layer).get("fuses_activation", False):
         return None
-    return vars(type(after)).get("fused_activation")
+    return vars(after).get("fused_activation")
 
 
 ACTIVATIONS = {"sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU, "leaky_relu": LeakyReLU, "identity": Identity}

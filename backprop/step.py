@@ -185,17 +185,22 @@ class StepFunction:
         out = self.model(Tensor(x))
         loss = self.loss(out, y)
         loss.backward()
+        if self.gradient_hooks:
+            self._run_hooks()
+        if numbers_of is None:
+            numbers = self.optimizer.start_step()
+            numbers_of = lambda p: numbers
+        self.optimizer.update(numbers_of)
+        return loss, out
+
+    def _run_hooks(self) -> None:
+        """Each gradient hook in turn, from the parameters' gradients back to them."""
         grads = self.grads()
         for hook in self.gradient_hooks:
             grads = list(hook(grads))
             if len(grads) != len(self.params):
                 raise ValueError(f"gradient hook {hook!r} returned {len(grads)} gradients for {len(self.params)}")
         self.set_grads(grads)
-        if numbers_of is None:
-            numbers = self.optimizer.start_step()
-            numbers_of = lambda p: numbers
-        self.optimizer.update(numbers_of, [p.grad for p in self.optimizer.params])
-        return loss, out
 
     def eager(self, x, y):
         """One whole step (protocol steps 1 to 4): the loss and outputs (arrays)."""

@@ -174,6 +174,7 @@ def _topological_order(root: Tensor):
 
 
 _by_sequence = attrgetter("_sequence")
+_requires_grad = attrgetter("requires_grad")
 
 
 def _backpropagate(root: Tensor, grad, retain_graph: bool, wanted):
@@ -200,20 +201,20 @@ def _backpropagate(root: Tensor, grad, retain_graph: bool, wanted):
         if wanted and id(node) in wanted:
             kept[id(node)] = g
         parents = node._parents
-        needs = tuple([parent.requires_grad for parent in parents])
+        needs = tuple(map(_requires_grad, parents))
         try:
             parent_grads = node._backward(g, needs)
         except TypeError as error:
             _check_backward_signature(node._backward, error)
             raise
-        if not isinstance(parent_grads, (tuple, list)):
+        if parent_grads.__class__ is not tuple:
             parent_grads = tuple(parent_grads)
         if len(parent_grads) != len(parents):
             raise RuntimeError(
                 f"the backward of {node._backward.__qualname__} returned {len(parent_grads)} gradients "
                 f"for {len(parents)} inputs"
             )
-        for parent, pg, need in zip(parents, parent_grads, needs, strict=True):
+        for parent, pg, need in zip(parents, parent_grads, needs, strict=False):  # lengths checked above
             if pg is None or not need:
                 continue
             if pg.shape != parent.data.shape:
