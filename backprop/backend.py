@@ -81,13 +81,31 @@ def make_backend(name: str, device=None) -> Backend:
     return Backend(name, entry.namespace(), entry.device(device))
 
 
-_default = Backend("numpy", NUMPY)
+_default: Backend | None = None  # resolved from BACKPROP_BACKEND on first use, so importing never fails
 _scoped: contextvars.ContextVar[Backend | None] = contextvars.ContextVar("backprop_backend", default=None)
 
 
 def get_backend() -> Backend:
     """The backend in force: the innermost `use_backend`, else the one `set_backend` chose."""
-    return _scoped.get() or _default
+    return _scoped.get() or _default or _from_environment()
+
+
+def _from_environment() -> Backend:
+    """The process backend named by BACKPROP_BACKEND/BACKPROP_DEVICE (NumPy when unset), chosen once."""
+    global _default
+    name = os.environ.get("BACKPROP_BACKEND") or None
+    device = os.environ.get("BACKPROP_DEVICE") or None
+    if name is None and device is None:
+        _default = Backend("numpy", NUMPY)
+        return _default
+    try:
+        _default = make_backend(name or "numpy", device)
+    except BackendError as error:
+        settings = [f"BACKPROP_BACKEND={name!r}"] if name else []
+        settings += [f"BACKPROP_DEVICE={device!r}"] if device else []
+        setting = ", ".join(settings)
+        raise BackendError(f"{setting}: {error}") from None
+    return _default
 
 
 def set_backend(name: str, device=None) -> Backend:
@@ -156,7 +174,3 @@ def get_rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     _rng.bit_generator.state = state
-
-
-if os.environ.get("BACKPROP_BACKEND"):
-    set_backend(os.environ["BACKPROP_BACKEND"], os.environ.get("BACKPROP_DEVICE") or None)

@@ -155,6 +155,12 @@ class BackendEntry:
         """Whether `array`'s values can be read now at no cost (on the host, no device sync)."""
         return True
 
+    def writable(self, array) -> bool:
+        """Whether in-place writes to `array` are safe: it is not read-only and no two of its
+        elements share memory (not a broadcast view). Gradients handed to users are copied where
+        not. Libraries whose arrays cannot be written in place answer True."""
+        return True
+
     def synchronize(self, arrays=()) -> None:
         """Wait until queued work on `arrays` (or the device) is done: for timing."""
 
@@ -218,6 +224,9 @@ class NumPyBackend(BackendEntry):
 
         return np.asarray(array)
 
+    def writable(self, array) -> bool:
+        return array.base is None or (array.flags.writeable and _no_shared_elements(array.strides, array.shape))
+
 
 class ArrayApiStrictBackend(BackendEntry):
     """The standard and nothing else: proves the core uses no library's extras."""
@@ -233,6 +242,9 @@ class ArrayApiStrictBackend(BackendEntry):
         if str(name) not in self.devices():
             raise _no_device(self, name)
         return importlib.import_module(self.module).Device(str(name))
+
+    def writable(self, array) -> bool:
+        return NumPyBackend.writable(self, self.to_host(array))  # a view of the same memory, its flags
 
 
 class TorchBackend(BackendEntry):
@@ -273,6 +285,9 @@ class TorchBackend(BackendEntry):
 
     def readable(self, array) -> bool:
         return array.device.type == "cpu"
+
+    def writable(self, array) -> bool:
+        return _no_shared_elements(array.stride(), array.shape)
 
     def synchronize(self, arrays=()) -> None:
         import torch
@@ -390,6 +405,9 @@ class CuPyBackend(BackendEntry):
     def to_host(self, array):
         return array.get()
 
+    def writable(self, array) -> bool:
+        return _no_shared_elements(array.strides, array.shape)
+
     def readable(self, array) -> bool:
         return False
 
@@ -421,6 +439,11 @@ class CuPyBackend(BackendEntry):
         finally:
             cupy.cuda.set_pinned_memory_allocator(cupy.get_default_pinned_memory_pool().malloc)
         return graph.launch, outputs, (pool, stream)
+
+
+def _no_shared_elements(strides, shape) -> bool:
+    """No stride of 0 along an axis longer than 1 (a broadcast view writes one element for many)."""
+    return all(stride != 0 or n <= 1 for stride, n in zip(strides, shape, strict=True))
 
 
 def _no_device(entry: BackendEntry, name) -> BackendError:

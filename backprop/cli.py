@@ -1,29 +1,40 @@
 """The command line: `backprop train`, `backprop info` (and `backprop bench`, see bench/).
 
 Bad input (a `backprop.errors.UserError`, or a file that cannot be read or written) exits non-zero
-with one line. Anything else is a bug in backprop and keeps its traceback.
+with one line. Anything else is a bug in backprop and keeps its traceback. `train` checks all its
+options before any work (output paths are tried for real, the model size is bounded by
+MAX_PARAMETERS, options that would be ignored are refused) and stops a run whose training loss
+grows far above the untrained model's. `--backend`/`--device` override BACKPROP_BACKEND and
+BACKPROP_DEVICE; `info` shows which one is selected.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import math
+import os
 import platform
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 import backprop as bp
 from backprop.backend import installed_backends
-from backprop.backends import BACKENDS
+from backprop.backends import BACKENDS, BackendError
 from backprop.data import DATASETS
 from backprop.errors import ConfigError, UserError
 from backprop.files import check_writable
+from backprop.train import DivergedError
 
 # dataset -> what its images are (inputs, classes) and a sensible hidden layer
 SHAPES = {"digits": (64, 10, 32), "mnist": (784, 10, 30), "fashion-mnist": (784, 10, 100), "spirals": (2, 2, 8)}
 OUTPUT_ACTIVATION = {"quadratic": "sigmoid", "mse": "sigmoid", "bce": "sigmoid", "cross_entropy": None}
+# the most parameters `backprop train` builds a model with (400 MB a copy in float32; training holds
+# about four copies: weights, gradients and Adam's two moments): a bigger --layers is refused up front
+MAX_PARAMETERS = 100_000_000
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,7 +50,7 @@ def _number(kind, low: float, low_included: bool, what: str):
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or not (value >= low if low_included else value > low):
+        if value is None or not math.isfinite(value) or not (value >= low if low_included else value > low):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
 
@@ -56,14 +67,17 @@ def _train_parser(commands) -> None:
     p = commands.add_parser("train", help="train a multilayer perceptron (default: the bundled digits)")
     p.add_argument("--dataset", default="digits", choices=[*DATASETS, "spirals"])
     p.add_argument("--data-dir", help="folder with the dataset's files (default: $BACKPROP_DATA_DIR, the cache)")
-    p.add_argument("--layers", help="layer sizes, e.g. 784,30,10 (default: inputs,hidden,classes)")
+    p.add_argument(
+        "--layers",
+        help=f"layer sizes, e.g. 784,30,10 (default: inputs,hidden,classes; at most {MAX_PARAMETERS:,} parameters)",
+    )
     p.add_argument("--activation", default="relu", choices=sorted(bp.nn.ACTIVATIONS))
     p.add_argument("--loss", default="cross_entropy", choices=sorted(OUTPUT_ACTIVATION))
     p.add_argument("--optimizer", default="adam", choices=sorted(bp.optim.OPTIMIZERS))
     p.add_argument(
         "--lr", type=_positive_float, default=None, help="learning rate (default: 0.01 for Adam, 3.0 for SGD)"
     )
-    p.add_argument("--momentum", type=_non_negative_float, default=0.0)
+    p.add_argument("--momentum", type=_non_negative_float, default=None, help="SGD momentum (default: 0)")
     p.add_argument("--init", default="glorot_uniform", choices=sorted(bp.nn.INITIALIZERS))
     p.add_argument("--batch-size", type=_positive, default=32)
     p.add_argument("--epochs", type=_positive, default=20)
@@ -104,7 +118,91 @@ def parse_layers(spec: str | None, dataset: str) -> list[int]:
         raise ConfigError(f"--layers {spec!r}: {dataset} has {inputs} inputs, so the first size must be {inputs}")
     if sizes[-1] not in (classes, 1 if classes == 2 else classes):
         raise ConfigError(f"--layers {spec!r}: {dataset} has {classes} classes, so the last size must be {classes}")
+    parameters = sum((n_in + 1) * n_out for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True))
+    if parameters > MAX_PARAMETERS:
+        raise ConfigError(
+            f"--layers {spec!r}: {parameters:,} parameters, more than the {MAX_PARAMETERS:,} this command "
+            "trains; use smaller layers"
+        )
     return sizes
+
+
+def selected_backend(args=None) -> tuple[str, str | None, str]:
+    """The backend and device asked for, and where they were set: `--backend`/`--device` (in `args`)
+    first, then BACKPROP_BACKEND/BACKPROP_DEVICE, then the current backend. A device without a
+    backend goes to the backend in force (as `--device` alone does): a device it lacks is an error."""
+    flag_backend, flag_device = (args.backend, args.device) if args is not None else (None, None)
+    env_backend = os.environ.get("BACKPROP_BACKEND") or None
+    env_device = os.environ.get("BACKPROP_DEVICE") or None
+    if flag_backend:  # BACKPROP_DEVICE still applies when it goes with no other backend
+        if env_device and not flag_device and env_backend in (None, flag_backend):
+            return flag_backend, env_device, f"--backend and BACKPROP_DEVICE={env_device!r}"
+        return flag_backend, flag_device, "--backend"
+    device = flag_device or env_device
+    settings = [f"BACKPROP_BACKEND={env_backend!r}"] if env_backend else []
+    if env_device and not flag_device:
+        settings.append(f"BACKPROP_DEVICE={env_device!r}")
+    if not settings:
+        return bp.get_backend().name, device, "--device" if flag_device else "the default"
+    return env_backend or bp.get_backend().name, device, ", ".join(settings)
+
+
+def use_selected_backend(args=None) -> bp.backend.Backend:
+    """Make the selected backend (see `selected_backend`) the current one; a bad choice is one line
+    naming the environment variables it came from."""
+    name, device, source = selected_backend(args)
+    if source == "the default":
+        return bp.get_backend()  # nothing chosen: leave the backend in force as it is
+    try:
+        return bp.set_backend(name, device)
+    except BackendError as error:
+        if "BACKPROP" not in source:
+            raise
+        raise BackendError(f"{source}: {error}") from None
+
+
+def check_output(path, check) -> None:
+    """Raise now, before any training, if the file at `path` could not be written: `check(path)`
+    (its format), then an actual (removed) file in the folder it would go to."""
+    check(path)
+    target = Path(path).absolute()
+    if target.is_dir():
+        raise ConfigError(f"{path}: is a folder; give a file name")
+    folder = target.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{path}: {folder} is not a folder")
+    check_writable(path)
+    try:  # permissions alone do not tell (root, read-only file systems, /proc)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".backprop-probe-"):
+            pass
+    except OSError as error:
+        raise PermissionError(f"{path}: cannot write into {folder} ({error.strerror or error})") from None
+
+
+def _resume_epoch(path) -> int | None:
+    """The epoch of the checkpoint at `path` (None where it is not a readable one: loading says why)."""
+    try:
+        arrays = bp.io._load_arrays(path)
+        return int(bp.io._metadata(path, arrays["meta"])["epoch"])
+    except (UserError, OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def check_options(args) -> None:
+    """Options that would be ignored, or would do nothing, are errors."""
+    if args.momentum is not None and args.optimizer != "sgd":
+        raise ConfigError(f"--momentum applies to --optimizer sgd only, not {args.optimizer} (it has betas)")
+    if args.data_dir is not None and args.dataset not in ("mnist", "fashion-mnist"):
+        raise ConfigError(f"--data-dir applies to mnist and fashion-mnist; {args.dataset} needs no files")
+    if args.resume is not None:
+        epoch = _resume_epoch(args.resume)
+        if epoch is not None and args.epochs <= epoch:
+            raise ConfigError(
+                f"--resume {args.resume}: the checkpoint is at epoch {epoch}, so --epochs {args.epochs} "
+                f"leaves nothing to do; give --epochs above {epoch}"
+            )
 
 
 def load_dataset(name: str, data_dir):
@@ -125,15 +223,38 @@ def _targets(labels: np.ndarray, loss: str, outputs: int, dtype: str):
     return np.eye(outputs, dtype=dtype)[labels]
 
 
+class _DivergenceGuard:
+    """A `fit` callback: stop with DivergedError when an epoch's training loss has grown far above
+    the loss of the untrained model (a learning rate too high), instead of ending at chance with
+    exit 0. Losses bounded by the output activation (sigmoid) cannot grow so: their runs pass."""
+
+    FACTOR = 10.0
+
+    def __init__(self, initial_loss: float):
+        self.initial_loss = initial_loss
+
+    def on_epoch_end(self, model, record) -> bool:
+        for key in ("loss", "val_loss"):
+            value = record.get(key)
+            if value is not None and not math.isfinite(value):
+                what = "the training loss" if key == "loss" else "the validation loss"
+                raise DivergedError(f"{what} became {value} in epoch {record['epoch']}: training diverged")
+        if record["loss"] > self.FACTOR * self.initial_loss:
+            raise DivergedError(
+                f"the training loss rose from {self.initial_loss:.4g} (untrained) to {record['loss']:.4g} in "
+                f"epoch {record['epoch']}: training diverged; try a lower --lr"
+            )
+        return False
+
+
 def train(args) -> int:
     for path, check in ((args.save, bp.io.check_weights_path), (args.checkpoint, bp.io.check_checkpoint_path),
                         (args.plot, bp.plots.check_plot_path)):  # fmt: skip
         if path:  # before any work: a bad path must not cost the training run
-            check(path)
-            check_writable(path)
+            check_output(path, check)
     sizes = parse_layers(args.layers, args.dataset)
-    if args.backend or args.device:
-        bp.set_backend(args.backend or bp.get_backend().name, args.device)
+    check_options(args)
+    use_selected_backend(args)
     bp.manual_seed(args.seed)
     if args.loss == "cross_entropy" and sizes[-1] == 1:
         raise ConfigError("cross_entropy needs one output per class; use --loss bce for a single output")
@@ -141,14 +262,15 @@ def train(args) -> int:
     model = bp.nn.mlp(sizes, args.activation, OUTPUT_ACTIVATION[args.loss], init=args.init, dtype=args.dtype)
     loss = bp.losses.LOSSES[args.loss]
     lr = args.lr if args.lr is not None else (3.0 if args.optimizer == "sgd" else 0.01)
-    extra = {"momentum": args.momentum} if args.optimizer == "sgd" else {}
+    extra = {"momentum": args.momentum or 0.0} if args.optimizer == "sgd" else {}
     optimizer = bp.optim.OPTIMIZERS[args.optimizer](model.parameters(), lr=lr, **extra)
     train_set = (x.astype(args.dtype), _targets(y, args.loss, sizes[-1], args.dtype))
     test_set = (xt.astype(args.dtype), _targets(yt, args.loss, sizes[-1], args.dtype))
+    guard = _DivergenceGuard(bp.evaluate(model, loss, train_set, metrics=())["loss"])
     print(f"training {model} on {args.dataset} ({len(x)} train, {len(xt)} test) with {bp.get_backend().name}")
     history = bp.fit(model, loss, optimizer, train_set, args.epochs, args.batch_size, validation=test_set,
                      progress=not args.no_progress, checkpoint=args.checkpoint, resume=args.resume,
-                     capture=args.capture)  # fmt: skip
+                     capture=args.capture, callbacks=[guard])  # fmt: skip
     last = history.epochs[-1]
     seconds = sum(history["seconds"])
     print(f"final: train accuracy {last['accuracy']:.4f}, test accuracy {last['val_accuracy']:.4f} "
@@ -191,6 +313,9 @@ def info() -> int:
         print(f"BLAS (NumPy): {blas['vendor']} {blas['version']} with {blas['num_threads']} thread(s)")
     except ImportError as error:
         print(f"BLAS (NumPy): unknown ({error})")
+    name, device, source = selected_backend()
+    print(f"selected: backend {name}, device {device or 'default'} (from {source})")
+    use_selected_backend()  # a backend or device that cannot be used: one line on stderr, exit 1
     return 0
 
 

@@ -13,14 +13,18 @@ good file with half of one.
 from __future__ import annotations
 
 import json
+import math
+import os
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from backprop.backend import get_rng_state, set_rng_state, to_numpy
-from backprop.errors import MissingDependency, UserError
-from backprop.files import atomic_write
+from backprop.errors import ConfigError, MissingDependency, UserError
+from backprop.files import MAX_DEFLATE_RATIO, atomic_write
 
 
 class FileFormatError(UserError, ValueError):
@@ -55,18 +59,119 @@ def _save_arrays(path, arrays: dict) -> None:
         atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def _load_arrays(path) -> dict:
+def _load_arrays(path, check=None) -> dict:
+    """The arrays of a .npz or .safetensors file, by name. Every array's header is read first and
+    checked against the bytes stored for it, then given to `check({name: (shape, dtype)})` (which
+    raises to refuse); only then are arrays read. So a file that lies about its shapes never makes
+    a big allocation, and an unreadable file is one FileFormatError naming it."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        if str(path).endswith(".safetensors"):
-            from safetensors.numpy import load_file
+        with open(path, "rb") as f:
+            if str(path).endswith(".safetensors"):
+                return _read_safetensors(path, f, check)
+            with zipfile.ZipFile(f) as archive:
+                return _read_npz(path, archive, os.fstat(f.fileno()).st_size, check)
+    except UserError:
+        raise
+    except (OSError, EOFError, ValueError, KeyError, TypeError, RuntimeError, NotImplementedError, OverflowError,
+            struct.error, zipfile.BadZipFile, zlib.error) as error:  # fmt: skip
+        raise _unreadable(path, error) from error
 
-            return load_file(str(path))
-        with np.load(path, allow_pickle=False) as archive:
-            return {k: archive[k] for k in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise FileFormatError(f"{path}: not a readable weights file ({error})") from error
+
+def _unreadable(path, why) -> FileFormatError:
+    """The one-line error for a file that is no readable weights file, and why (an exception or a text)."""
+    why = " ".join(str(why).split()) or type(why).__name__
+    return FileFormatError(f"{path}: not a readable weights file ({why[:300]})")
+
+
+def _read_npz(path, archive: zipfile.ZipFile, size: int, check) -> dict:
+    infos = archive.infolist()
+    if sum(info.compress_size for info in infos) > size:
+        raise _unreadable(path, "its members overlap")  # how a zip bomb multiplies itself
+    headers = {}
+    for info in infos:
+        name = info.filename.removesuffix(".npy")
+        if name == info.filename or name in headers:
+            raise _unreadable(path, f"member {info.filename!r} is not a .npy array, or comes twice")
+        ratio = {zipfile.ZIP_STORED: 1, zipfile.ZIP_DEFLATED: MAX_DEFLATE_RATIO}.get(info.compress_type)
+        if ratio is None:
+            raise _unreadable(path, f"member {info.filename!r} uses compression method {info.compress_type}")
+        if info.file_size > ratio * info.compress_size:
+            raise _unreadable(path, f"member {info.filename!r} claims more bytes than its compressed size can hold")
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            if version not in ((1, 0), (2, 0)):
+                raise _unreadable(path, f"array {name!r} is in .npy format {version}, not 1.0 or 2.0")
+            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = header(member)
+            offset = member.tell()
+        nbytes = math.prod(shape) * dtype.itemsize
+        if dtype.hasobject or offset + nbytes != info.file_size:
+            raise _unreadable(path, f"array {name!r} declares shape {shape} of {str(dtype):.60}, {nbytes} bytes, "
+                                    f"but holds {info.file_size - offset}")  # fmt: skip
+        headers[name] = (info, shape, dtype)
+    if check is not None:
+        check({name: (shape, dtype) for name, (_, shape, dtype) in headers.items()})
+    arrays = {}
+    for name, (info, _, _) in headers.items():
+        with archive.open(info) as member:  # read to its end: the zip's checksum is verified
+            arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
+    return arrays
+
+
+_SAFETENSORS_DTYPES = {"BOOL": "|b1", "U8": "|u1", "I8": "|i1", "U16": "<u2", "I16": "<i2", "U32": "<u4",
+                       "I32": "<i4", "U64": "<u8", "I64": "<i8", "F16": "<f2", "F32": "<f4", "F64": "<f8",
+                       "C64": "<c8"}  # fmt: skip
+
+
+def _unique_names(pairs: list) -> dict:
+    if len({name for name, _ in pairs}) != len(pairs):
+        raise ValueError("a name comes twice in the header")
+    return dict(pairs)
+
+
+def _read_safetensors(path, f, check) -> dict:
+    """The arrays of a safetensors file (8 bytes: the header's length; a JSON header: name -> dtype,
+    shape, offsets in the data; the data), read without the safetensors package."""
+    size = os.fstat(f.fileno()).st_size
+    if size < 8:
+        raise _unreadable(path, f"{size} bytes, too short for a safetensors file")
+    length = int.from_bytes(f.read(8), "little")
+    if not 2 <= length <= size - 8:
+        raise _unreadable(path, f"safetensors header of {length} bytes in a file of {size}")
+    try:
+        header = json.loads(f.read(length), object_pairs_hook=_unique_names)
+    except (ValueError, RecursionError) as error:
+        raise _unreadable(path, f"the safetensors header is not valid JSON: {error}") from None
+    if not isinstance(header, dict):
+        raise _unreadable(path, "the safetensors header is not a JSON object")
+    header.pop("__metadata__", None)
+    available, entries = size - 8 - length, {}
+    for name, entry in header.items():
+        try:
+            dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]])
+            shape, (begin, end) = tuple(entry["shape"]), entry["data_offsets"]
+            valid = all(type(n) is int and n >= 0 for n in (*shape, begin, end))
+        except (KeyError, TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise _unreadable(path, f"array {name!r} has a malformed or unsupported entry {str(entry):.100}")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if end - begin != nbytes or not begin <= end <= available:
+            raise _unreadable(path, f"array {name!r} declares shape {shape} of {dtype}, {nbytes} bytes, "
+                                    f"at bytes {begin} to {end} of {available}")  # fmt: skip
+        entries[name] = (shape, dtype, begin)
+    if check is not None:
+        check({name: (shape, dtype) for name, (shape, dtype, _) in entries.items()})
+    arrays = {}
+    for name, (shape, dtype, begin) in entries.items():
+        f.seek(8 + length + begin)
+        data = bytearray(math.prod(shape) * dtype.itemsize)
+        if f.readinto(data) != len(data):
+            raise _unreadable(path, f"array {name!r} is truncated")
+        arrays[name] = np.frombuffer(data, dtype).reshape(shape)
+    return arrays
 
 
 def save_weights(model, path) -> None:
@@ -75,25 +180,63 @@ def save_weights(model, path) -> None:
 
 
 def load_weights(model, path) -> None:
-    """Read parameters written by `save_weights` into `model` (names and shapes must match)."""
-    model.load_state_dict(_load_arrays(path))
+    """Read parameters written by `save_weights` into `model`. The names, shapes and dtypes
+    (floating point) in the file's headers must match the model's before any array is read, and
+    no parameter changes unless all of them load."""
+    model.load_state_dict(_load_arrays(path, lambda headers: _check_weights(path, model, headers)))
 
 
-def save_checkpoint(path, model, optimizer, epoch: int, history=None) -> None:
-    """Model, optimizer state, epoch, random state and history in one .npz, written atomically."""
+def _check_weights(path, model, headers: dict) -> None:
+    """Refuse weights whose {name: (shape, dtype)} do not fit `model` (a shared parameter may come
+    under any of its names)."""
+    params = dict(model._parameter_paths())
+    for name, (shape, dtype) in headers.items():
+        if dtype.kind != "f":
+            raise FileFormatError(f"{path}: array {name!r} has dtype {str(dtype):.60}; weights are floating point")
+        if name in params and shape != params[name].shape:
+            raise FileFormatError(
+                f"{path}: parameter {name!r}: state dict has shape {shape}, model has {params[name].shape}"
+            )
+    given = {id(params[name]) for name in headers if name in params}
+    missing = [name for name, p in model.named_parameters() if id(p) not in given]
+    unexpected = sorted(headers.keys() - params.keys())
+    if missing or unexpected:
+        raise FileFormatError(
+            f"{path}: weights do not match {type(model).__name__}: missing {missing}, unexpected {unexpected}"
+        )
+
+
+def save_checkpoint(path, model, optimizer, epoch: int, history=None, callbacks=()) -> None:
+    """Model, optimizer state, epoch, random state, history and the state of every callback that
+    has one (`state_dict()`: numbers, strings and NumPy arrays by name) in one .npz, written
+    atomically."""
     arrays = {f"model/{name}": to_numpy(a) for name, a in model.state_dict().items()}
     opt = optimizer.state_dict()
     for i, state in enumerate(opt["state"]):
         arrays.update({f"optimizer/{i}/{key}": value for key, value in state.items()})
+    kept = []
+    for i, callback in enumerate(_with_state(callbacks)):
+        values = {}
+        for key, value in callback.state_dict().items():
+            if isinstance(value, np.ndarray):
+                arrays[f"callbacks/{i}/{key}"] = value
+            else:
+                values[key] = value
+        kept.append({"type": type(callback).__name__, "values": values})
     meta = {
         "epoch": epoch,
         "optimizer": {"type": type(optimizer).__name__, "hyper": opt["hyper"], "count": len(opt["state"])},
         "rng_state": get_rng_state(),
         "history": history.epochs if history is not None else [],
+        "callbacks": kept,
     }
     arrays["meta"] = np.array(json.dumps(meta))
     check_checkpoint_path(path)
     _save_arrays(path, arrays)
+
+
+def _with_state(callbacks) -> list:
+    return [callback for callback in callbacks if hasattr(callback, "state_dict")]
 
 
 def _metadata(path, meta) -> dict:
@@ -102,14 +245,17 @@ def _metadata(path, meta) -> dict:
         meta = json.loads(str(meta))
         [meta["optimizer"][field] for field in ("type", "hyper", "count")]
         [meta[field] for field in ("epoch", "rng_state", "history")]
+        [(entry["type"], dict(entry["values"])) for entry in meta.get("callbacks", [])]
     except (ValueError, KeyError, TypeError) as error:  # not JSON, a field missing, not a dict
         raise FileFormatError(f"{path}: not a readable backprop checkpoint (metadata: {error!r})") from None
     return meta
 
 
-def load_checkpoint(path, model, optimizer) -> dict:
-    """Restore what `save_checkpoint` wrote; returns its metadata (epoch, history, ...)."""
-    arrays = _load_arrays(path)
+def load_checkpoint(path, model, optimizer, callbacks=()) -> dict:
+    """Restore what `save_checkpoint` wrote (and the state of the same callbacks); returns its
+    metadata (epoch, history, ...). Everything is checked before anything changes: a checkpoint
+    that does not fit leaves the model, optimizer, callbacks and random state as they were."""
+    arrays = _load_arrays(path, lambda headers: _check_checkpoint_headers(path, model, optimizer, headers))
     if "meta" not in arrays:
         raise FileFormatError(f"{path}: not a backprop checkpoint (no metadata)")
     meta = _metadata(path, arrays["meta"])
@@ -117,12 +263,70 @@ def load_checkpoint(path, model, optimizer) -> dict:
         raise FileFormatError(
             f"{path}: checkpoint holds a {meta['optimizer']['type']} state, not {type(optimizer).__name__}"
         )
-    model.load_state_dict({k.removeprefix("model/"): v for k, v in arrays.items() if k.startswith("model/")})
     states = [{} for _ in range(meta["optimizer"]["count"])]
     for key, value in arrays.items():
         if key.startswith("optimizer/"):
             _, i, name = key.split("/", 2)
+            if not i.isdigit() or int(i) >= len(states):
+                raise FileFormatError(f"{path}: optimizer state {key!r} for none of its {len(states)} parameters")
             states[int(i)][name] = value
-    optimizer.load_state_dict({"hyper": meta["optimizer"]["hyper"], "state": states})
+    model_state = {k.removeprefix("model/"): v for k, v in arrays.items() if k.startswith("model/")}
+    try:
+        weights = model.check_state_dict(model_state)
+        optimizer_state = optimizer.check_state_dict({"hyper": meta["optimizer"]["hyper"], "state": states})
+        callback_states = _check_callbacks(arrays, meta.get("callbacks", []), _with_state(callbacks))
+    except UserError as error:
+        raise FileFormatError(f"{path}: does not fit this training run: {error}") from None
+    try:
+        np.random.PCG64().state = meta["rng_state"]  # a random state this generator accepts
+    except (ValueError, TypeError, KeyError) as error:
+        raise FileFormatError(f"{path}: holds a random state that cannot be restored ({error!r})") from None
+    model.apply_state(weights)
+    optimizer.apply_state(optimizer_state)
+    for callback, state in callback_states:
+        callback.load_state_dict(state)
     set_rng_state(meta["rng_state"])
     return meta
+
+
+def _check_checkpoint_headers(path, model, optimizer, headers: dict) -> None:
+    """Refuse, from the headers alone (before any array is read), a checkpoint whose arrays cannot
+    fit: the model's weights as in `load_weights`, floating optimizer state of its parameter's
+    shape, numeric callback arrays and the metadata as one string."""
+    if "meta" not in headers:
+        raise FileFormatError(f"{path}: not a backprop checkpoint (no metadata)")
+    _check_weights(path, model, {k.removeprefix("model/"): v for k, v in headers.items() if k.startswith("model/")})
+    for name, (shape, dtype) in headers.items():
+        group, _, rest = name.partition("/")
+        if group == "optimizer":
+            _check_state_header(path, optimizer, rest, shape, dtype)
+        elif group in ("model", "callbacks") and dtype.kind in "biuf":
+            continue  # the model's arrays were checked above
+        elif not (name == "meta" and shape == () and dtype.kind == "U"):
+            raise FileFormatError(f"{path}: array {name!r} of {str(dtype):.60} {shape} has no place in a checkpoint")
+
+
+def _check_state_header(path, optimizer, key: str, shape: tuple, dtype) -> None:
+    index, _, name = key.partition("/")
+    params, kind = optimizer.params, type(optimizer).__name__
+    if not index.isdigit() or int(index) >= len(params):
+        raise FileFormatError(f"{path}: optimizer state 'optimizer/{key}' for none of its {len(params)} parameters")
+    expected = params[int(index)].shape
+    if shape != expected or dtype.kind != "f":
+        raise FileFormatError(
+            f"{path}: does not fit this training run: {kind} state {name!r} of parameter {index} is "
+            f"{str(dtype):.60} {shape}, not a floating array of its shape {expected}"
+        )
+
+
+def _check_callbacks(arrays: dict, saved: list, callbacks: list) -> list:
+    """(callback, state) pairs for the callbacks with state, which must be the saved ones, in order."""
+    names = [type(callback).__name__ for callback in callbacks]
+    if [entry["type"] for entry in saved] != names:
+        raise ConfigError(f"it holds the state of callbacks {[e['type'] for e in saved]}, this run has {names}")
+    pairs = []
+    for i, (callback, entry) in enumerate(zip(callbacks, saved, strict=True)):
+        prefix = f"callbacks/{i}/"
+        state = {**entry["values"], **{k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)}}
+        pairs.append((callback, callback.check_state_dict(state) if hasattr(callback, "check_state_dict") else state))
+    return pairs

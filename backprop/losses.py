@@ -8,6 +8,11 @@ Conventions (rows of `pred` are samples; N is the batch size):
   the derivative, so its gradient is (pred - target) / N.
 - `mse_loss` is PyTorch's: the mean over every element, without the 1/2.
 - cross-entropies average over samples (and, for binary ones, over outputs, like PyTorch).
+- every loss is finite in float16, float32 and float64 on its whole domain (probabilities in [0, 1],
+  finite logits) wherever its exact value fits the dtype: `binary_cross_entropy` clips
+  probabilities to [eps, 1 - eps] with eps at least the dtype's machine epsilon (1 - 1e-12 is 1 in
+  float32), a class with target weight 0 is never read (0 * -inf would be NaN), and float16 sums
+  are taken through `mean` (which backends accumulate in a wider type) so that they do not overflow.
 
 >>> import backprop as bp
 >>> logits = bp.tensor([[2.0, 0.5, -1.0]], requires_grad=True)
@@ -28,6 +33,20 @@ def _data(target, like: Tensor):
     return target.data if isinstance(target, Tensor) else like.xp.asarray(target, device=like.device)
 
 
+def _sum_over(xp, values, divisor):
+    """sum(values) / divisor; in float16 through `mean`, whose wider accumulator does not overflow."""
+    if values.dtype == getattr(xp, "float16", None):
+        return xp.mean(values) * (_size(values) / divisor)
+    return xp.sum(values) / divisor
+
+
+def _size(array) -> int:
+    count = 1
+    for extent in array.shape:
+        count *= extent
+    return count
+
+
 def _check_same_shape(name: str, pred: Tensor, target) -> None:
     if tuple(target.shape) != pred.shape:
         raise ValueError(f"{name}: prediction has shape {pred.shape} but target has shape {tuple(target.shape)}")
@@ -39,7 +58,7 @@ def quadratic_loss(pred: Tensor, target) -> Tensor:
     _check_same_shape("quadratic_loss", pred, T)
     diff = pred.data - T
     n = pred.shape[0]
-    return result(xp.sum(diff * diff) / (2 * n), xp, (pred,), lambda g, needs: (diff * (g / n),))
+    return result(_sum_over(xp, diff * diff, 2 * n), xp, (pred,), lambda g, needs: (diff * (g / n),))
 
 
 def mse_loss(pred: Tensor, target) -> Tensor:
@@ -48,16 +67,22 @@ def mse_loss(pred: Tensor, target) -> Tensor:
     _check_same_shape("mse_loss", pred, T)
     diff = pred.data - T
     count = pred.size
-    return result(xp.sum(diff * diff) / count, xp, (pred,), lambda g, needs: (diff * (g * (2 / count)),))
+    return result(_sum_over(xp, diff * diff, count), xp, (pred,), lambda g, needs: (diff * (g * (2 / count)),))
 
 
 def binary_cross_entropy(prob: Tensor, target, eps: float = 1e-12) -> Tensor:
-    """Mean of -[t log p + (1-t) log(1-p)] for probabilities `prob` (clipped to [eps, 1-eps])."""
+    """Mean of -[t log p + (1-t) log(1-p)] for probabilities `prob`, clipped to [e, 1 - e] where
+    e = max(eps, machine epsilon of the dtype): finite for every p in [0, 1], also in float32/16.
+
+    The gradient is (p - t) / (p (1 - p)) / count at the clipped p, also where p was clipped (at
+    p = 0 and 1 it points back into the interval, as the unclipped formula would, instead of 0).
+    """
     xp, T = prob.xp, _data(target, prob)
     _check_same_shape("binary_cross_entropy", prob, T)
+    eps = max(eps, float(xp.finfo(prob.dtype).eps))
     P = xp.clip(prob.data, eps, 1 - eps)
     count = prob.size
-    loss = -xp.sum(T * xp.log(P) + (1 - T) * xp.log(1 - P)) / count
+    loss = -_sum_over(xp, T * xp.log(P) + (1 - T) * xp.log(1 - P), count)
     return result(loss, xp, (prob,), lambda g, needs: ((P - T) * (g / count) / (P * (1 - P)),))
 
 
@@ -66,7 +91,7 @@ def binary_cross_entropy_with_logits(logits: Tensor, target) -> Tensor:
     xp, Z, T = logits.xp, logits.data, _data(target, logits)
     _check_same_shape("binary_cross_entropy_with_logits", logits, T)
     count = logits.size
-    loss = xp.sum(xp.maximum(Z, 0.0) - Z * T + xp.log(1 + xp.exp(-xp.abs(Z)))) / count
+    loss = _sum_over(xp, xp.maximum(Z, 0.0) - Z * T + xp.log1p(xp.exp(-xp.abs(Z))), count)
     return result(loss, xp, (logits,), lambda g, needs: ((_sigmoid(xp, Z) - T) * (g / count),))
 
 
@@ -89,34 +114,50 @@ def _as_distribution(target, logits: Tensor):
 
 
 def cross_entropy(logits: Tensor, target) -> Tensor:
-    """Softmax cross-entropy from logits, mean over the batch; gradient (softmax - target) / N.
+    """Softmax cross-entropy from logits, mean over the batch (PyTorch's `cross_entropy`).
 
-    `target` is integer labels of shape (N,) or a distribution (e.g. one-hot) of shape (N, C).
+    `target` is integer labels of shape (N,) or target weights of shape (N, C): one-hot rows, or
+    soft ones, which need not sum to 1. The gradient is (softmax * rowsum(target) - target) / N,
+    which is (softmax - target) / N for labels and for rows that sum to 1.
     """
     xp = logits.xp
+    target = _data(target, logits)
+    labels = target.ndim == 1
     T = _as_distribution(target, logits)
     Z = logits.data
     shifted = Z - xp.max(Z, axis=-1, keepdims=True)
     log_prob = shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
     n = logits.shape[0]
-    loss = -xp.sum(T * log_prob) / n
-    return result(loss, xp, (logits,), lambda g, needs: ((xp.exp(log_prob) - T) * (g / n),))
+    loss = -_sum_over(xp, T * xp.where(T == 0, 0.0, log_prob), n)  # log_prob may be -inf (float16, huge logits)
+
+    def backward(g, needs):
+        prob = xp.exp(log_prob)
+        weighted = prob if labels else prob * xp.sum(T, axis=-1, keepdims=True)
+        return ((weighted - T) * (g / n),)
+
+    return result(loss, xp, (logits,), backward)
 
 
 def nll_loss(log_prob: Tensor, target) -> Tensor:
-    """Negative log-likelihood of log-probabilities (e.g. from log_softmax), mean over the batch."""
+    """Negative log-likelihood of log-probabilities (e.g. from log_softmax), mean over the batch.
+
+    A log-probability of -inf (a probability that underflowed to 0) counts only where its target
+    weight is not 0: as in PyTorch, only the target classes are read."""
     xp = log_prob.xp
     T = _as_distribution(target, log_prob)
     n = log_prob.shape[0]
-    return result(-xp.sum(T * log_prob.data) / n, xp, (log_prob,), lambda g, needs: (T * (-g / n),))
+    loss = -_sum_over(xp, T * xp.where(T == 0, 0.0, log_prob.data), n)
+    return result(loss, xp, (log_prob,), lambda g, needs: (T * (-g / n),))
 
 
 def kl_sparsity(activations: Tensor, rho: float = 0.05) -> Tensor:
     """Sparse-autoencoder penalty: sum_j KL(rho || mean activation of hidden unit j over the batch).
 
-    Activations must lie in (0, 1) (sigmoid units).
+    Activations must lie in [0, 1] (sigmoid units); mean activations are clipped to [e, 1 - e] with
+    e the dtype's machine epsilon, so that saturated units give a large finite penalty, not inf.
     """
-    rho_hat = ops.mean(activations, axis=0)
+    eps = float(activations.xp.finfo(activations.dtype).eps)  # a unit saturated in float32 must not give inf
+    rho_hat = ops.clip(ops.mean(activations, axis=0), eps, 1 - eps)
     return ops.sum(rho * ops.log(rho / rho_hat) + (1 - rho) * ops.log((1 - rho) / (1 - rho_hat)))
 
 

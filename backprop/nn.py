@@ -16,13 +16,12 @@ container items); `load_state_dict` accepts it under any of its names.
 
 from __future__ import annotations
 
-import functools
 import math
 from itertools import pairwise
 
 import numpy as np
 
-from backprop import ops
+from backprop import changes, ops
 from backprop.backend import dtype_name, get_backend, host_rng, make_backend, to_numpy
 from backprop.errors import ConfigError, UserError
 from backprop.tensor import Tensor
@@ -58,6 +57,14 @@ class Module:
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
+
+    def __setattr__(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)
+        changes.note()  # a setting, a sub-module or the mode: what a captured step computes may change
+
+    def __delattr__(self, name: str) -> None:
+        object.__delattr__(self, name)
+        changes.note()
 
     def forward(self, *args):
         raise NotImplementedError(f"{type(self).__name__} defines no forward()")
@@ -117,6 +124,11 @@ class Module:
         """Copy arrays (any backend, or NumPy) into the parameters. Every parameter must be given,
         under its name or (a shared one) any of its names, with its shape; nothing is copied unless
         all of them are."""
+        self.apply_state(self.check_state_dict(state))
+
+    def check_state_dict(self, state: dict) -> dict:
+        """`state` checked against the parameters and converted, as {id(parameter): array} for
+        `apply_state`, without changing anything (so a caller can check more before it applies)."""
         paths = list(self._parameter_paths())
         names = {name for name, _ in paths}
         given: dict = {}  # id(parameter) -> (name, host array)
@@ -139,8 +151,11 @@ class Module:
             raise StateDictError(
                 f"state dict does not match {type(self).__name__}: missing {missing}, unexpected {unexpected}"
             )
-        arrays = {id(p): p.xp.asarray(given[id(p)][1].astype(dtype_name(p.dtype)), device=p.device)
-                  for _, p in self.named_parameters()}  # fmt: skip
+        return {id(p): p.xp.asarray(given[id(p)][1].astype(dtype_name(p.dtype)), device=p.device)
+                for _, p in self.named_parameters()}  # fmt: skip
+
+    def apply_state(self, arrays: dict) -> None:
+        """Make the arrays that `check_state_dict` returned the parameters' values (cannot fail)."""
         for _, p in self.named_parameters():
             p.data = arrays[id(p)]
 
@@ -328,7 +343,7 @@ class Sequential(Module):
         for i, layer in enumerate(layers):
             if not isinstance(layer, Module):
                 raise TypeError(f"Sequential: item {i} is a {type(layer).__name__}, not a Module")
-        self.layers = list(layers)
+        self.layers = _Layers(layers)
 
     def children(self):
         for i, layer in enumerate(self.layers):
@@ -338,17 +353,24 @@ class Sequential(Module):
         """Each layer in turn. Fusion rule: a layer whose class declares `fuses_activation` (Linear),
         followed by one whose class declares `fused_activation` (Sigmoid, Tanh, ReLU), runs as one
         node, `layer(x, activation=name)`: the same numbers, a node fewer."""
-        layers, i = self.layers, 0
-        while i < len(layers):
-            name = _fused_activation(layers[i], layers[i + 1]) if i + 1 < len(layers) else None
-            if name is not None:
-                x, i = layers[i](x, activation=name), i + 2
-            else:
-                x, i = layers[i](x), i + 1
+        for layer, activation in self._plan():
+            x = layer(x) if activation is None else layer(x, activation=activation)
         return x
+
+    def _plan(self) -> tuple:
+        """((layer, fused activation or None), ...) for the current layers, made again only after
+        a change (backprop.changes) anywhere."""
+        plan = vars(self).get("_planned")
+        if plan is None or plan[0] != changes.count:
+            plan = changes.count, _fusion_plan(self.layers)
+            object.__setattr__(self, "_planned", plan)  # a cache, not a change
+        return plan[1]
 
     def __getitem__(self, i):
         return self.layers[i]
+
+    def __setitem__(self, i, layer: Module) -> None:
+        self.layers[i] = layer
 
     def __len__(self):
         return len(self.layers)
@@ -357,17 +379,73 @@ class Sequential(Module):
         return "Sequential(" + ", ".join(map(repr, self.layers)) + ")"
 
 
+def structure(module: Module) -> tuple:
+    """Everything about `module` and its sub-modules that can change what a forward pass computes,
+    besides parameter values: each module's path, class, mode and settings (numbers, strings and
+    the like by value; arrays and tensors by shape and dtype; sub-modules by path; parameters by
+    identity, shape, dtype and `requires_grad`). Equal structures compute alike: what a captured
+    step checks when backprop.changes moved."""
+    paths = {id(m): name for name, m in module.named_modules()}
+    return tuple(
+        (name, type(m), m.training, tuple([(key, _setting(value, paths)) for key, value in vars(m).items()]))
+        for name, m in module.named_modules()
+    )
+
+
+def _setting(value, paths: dict):
+    """What `structure` keeps of one attribute value."""
+    if isinstance(value, (bool, int, float, complex, str, bytes, type(None))):
+        return value
+    if isinstance(value, Parameter):
+        return "parameter", id(value), value.shape, str(value.dtype), value.requires_grad
+    if isinstance(value, Module):
+        return "module", paths.get(id(value), id(value))
+    if isinstance(value, Tensor) or hasattr(value, "__array_namespace__") or isinstance(value, np.ndarray):
+        return "array", tuple(value.shape), str(value.dtype)
+    if isinstance(value, (list, tuple)):
+        return type(value).__name__, tuple([_setting(item, paths) for item in value])
+    if isinstance(value, dict):
+        return "dict", tuple([(key, _setting(item, paths)) for key, item in value.items()])
+    return "object", id(value)  # a function, a class, anything else: by identity
+
+
+class _Layers(list):
+    """A Sequential's list of layers: inserting, replacing or removing one is a change a captured
+    step notices (backprop.changes)."""
+
+
+def _noting_change(method):
+    def changed(self, *args, **kwargs):
+        result = method(self, *args, **kwargs)
+        changes.note()
+        return result
+
+    changed.__name__ = method.__name__
+    return changed
+
+
+for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend", "insert", "pop", "remove",
+              "clear", "sort", "reverse"):  # fmt: skip
+    setattr(_Layers, _name, _noting_change(getattr(list, _name)))
+
+
+def _fusion_plan(layers) -> tuple:
+    """The steps of Sequential.forward: (layer, None) for a layer alone, (layer, name) for a layer
+    that applies the activation after it in its own node."""
+    plan, i = [], 0
+    while i < len(layers):
+        name = _fused_activation(layers[i], layers[i + 1]) if i + 1 < len(layers) else None
+        plan.append((layers[i], name))
+        i += 1 if name is None else 2
+    return tuple(plan)
+
+
 def _fused_activation(layer: Module, after: Module) -> str | None:
     """The activation `layer` applies in its own node when `after` follows it, or None (the rule
     of Sequential.forward: both classes declare their part themselves)."""
-    return _fusion(type(layer), type(after))
-
-
-@functools.cache
-def _fusion(layer: type, after: type) -> str | None:
-    if not vars(layer).get("fuses_activation", False):
+    if not vars(type(layer)).get("fuses_activation", False):
         return None
-    return vars(after).get("fused_activation")
+    return vars(type(after)).get("fused_activation")
 
 
 ACTIVATIONS = {"sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU, "leaky_relu": LeakyReLU, "identity": Identity}

@@ -16,11 +16,25 @@ arrays are immutable (JAX).
 from __future__ import annotations
 
 import math
+import numbers
 
-from backprop.backend import copy_array, namespace_of, to_numpy
+from backprop import changes
+from backprop.backend import copy_array, dtype_name, namespace_of, to_numpy
 from backprop.backends import backend_of
 from backprop.errors import ConfigError
-from backprop.tensor import Tensor
+from backprop.tensor import Tensor, mark_written
+
+
+class _Noted:
+    """A hyper-parameter attribute whose every assignment is noted (backprop.changes): a captured
+    step holds it fixed. It defines no `__get__`, so reading it stays a plain attribute lookup."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __set__(self, optimizer, value) -> None:
+        optimizer.__dict__[self.name] = value
+        changes.note()
 
 
 class Optimizer:
@@ -36,17 +50,22 @@ class Optimizer:
     """
 
     hyperparameters: tuple[str, ...] = ()
+    state_keys: tuple[str, ...] = ()  # the names of a parameter's state arrays (a checkpoint may hold no others)
 
     def __init__(self, params, lr: float):
         self.params = list(params)
         if not self.params:
             raise ConfigError(f"{type(self).__name__} got no parameters to optimize")
-        if lr <= 0:
-            raise ConfigError(f"learning rate must be positive, got {lr}")
-        self.lr = lr
+        self.lr = _hyperparameter("learning rate", lr, positive=True)
         self.state: list[dict] = [{} for _ in self.params]
         self.steps = 0
         self._immutable = [not backend_of(p.xp).mutable for p in self.params]  # rebind, never write
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in cls.hyperparameters:
+            if not isinstance(cls.__dict__.get(name), _Noted):
+                setattr(cls, name, _Noted(name))
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -71,6 +90,7 @@ class Optimizer:
         (Python floats in an eager step, 0-d arrays of p's dtype in a captured one). `grads` has one
         gradient per parameter (None: leave that one), each parameter's `.grad` by default."""
         grads = [p.grad for p in self.params] if grads is None else grads
+        written = []
         for p, grad, state, immutable in zip(self.params, grads, self.state, self._immutable, strict=True):
             if grad is not None:
                 delta = self._delta(p, grad, state, numbers_of(p))
@@ -78,6 +98,8 @@ class Optimizer:
                     p.data = p.data - delta
                 else:
                     p.data -= delta
+                    written.append(p)
+        mark_written(written)  # a graph built before this step can no longer run backward through them
 
     def _delta(self, p: Tensor, grad, state: dict, numbers: dict):
         """What to subtract from `p` this step."""
@@ -119,21 +141,90 @@ class Optimizer:
         return {"hyper": hyper, "state": [{k: to_numpy(v) for k, v in s.items()} for s in self.state]}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        if len(state_dict["state"]) != len(self.params):
-            raise ValueError(f"optimizer state for {len(state_dict['state'])} parameters, but {len(self.params)} given")
-        vars(self).update(state_dict["hyper"])
-        for p, saved, own in zip(self.params, state_dict["state"], self.state, strict=True):
+        """Restore what `state_dict` gave; nothing changes unless all of it is valid."""
+        self.apply_state(self.check_state_dict(state_dict))
+
+    def check_state_dict(self, state_dict: dict) -> tuple:
+        """`state_dict` checked (hyper-parameters by name, type and range; one state per parameter,
+        each array of a name this optimizer keeps, its parameter's shape, a real floating dtype)
+        and converted for `apply_state`, without changing anything."""
+        name = type(self).__name__
+        hyper, states = state_dict["hyper"], state_dict["state"]
+        if len(states) != len(self.params):
+            raise ConfigError(f"{name} state for {len(states)} parameters, but {len(self.params)} given")
+        own = self.state_dict()["hyper"]
+        for key, value in hyper.items():
+            if key not in own:
+                raise ConfigError(f"{name} has no hyper-parameter {key!r} (it has {sorted(own)})")
+            _check_loaded(key, value, type(own[key]))
+        converted = []
+        for i, (p, saved) in enumerate(zip(self.params, states, strict=True)):
+            arrays = {}
+            for key, array in saved.items():
+                if key not in self.state_keys:
+                    raise ConfigError(f"{name} keeps no state {key!r} (only {list(self.state_keys)}), parameter {i}")
+                array = to_numpy(array)
+                if array.shape != p.shape or array.dtype.kind != "f":
+                    raise ConfigError(
+                        f"{name} state {key!r} of parameter {i} is {array.dtype} {array.shape}, "
+                        f"not a floating array of its shape {p.shape}"
+                    )
+                arrays[key] = p.xp.asarray(array.astype(dtype_name(p.dtype)), device=p.device)
+            converted.append(arrays)
+        return dict(hyper), converted
+
+    def apply_state(self, checked: tuple) -> None:
+        """Make what `check_state_dict` returned the optimizer's state (cannot fail)."""
+        hyper, states = checked
+        vars(self).update(hyper)
+        for own, saved in zip(self.state, states, strict=True):
             own.clear()
-            own.update({k: p.xp.asarray(v, device=p.device) for k, v in saved.items()})
+            own.update(saved)
+        changes.note()  # hyper-parameters set past __setattr__
+
+
+def _check_loaded(key: str, value, kind: type) -> None:
+    """A loaded hyper-parameter: of its kind (bool, int or float) and in its range."""
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"hyper-parameter {key!r} must be true or false, got {value!r}")
+    elif key == "steps":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"the step count must be a whole number >= 0, got {value!r}")
+    else:
+        _hyperparameter(key, value, positive=key == "lr", below_one=key.startswith("beta"))
+
+
+def _hyperparameter(name: str, value, positive: bool = False, below_one: bool = False) -> float:
+    """`value` as a float, checked: a finite real number, >= 0 (> 0 if `positive`, < 1 if `below_one`);
+    else a ConfigError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be finite, got {value}")
+    if positive and value <= 0:
+        raise ConfigError(f"{name} must be positive, got {value}")
+    if value < 0:
+        raise ConfigError(f"{name} must be >= 0, got {value}")
+    if below_one and value >= 1:
+        raise ConfigError(f"{name} must be below 1, got {value}")
+    return float(value)
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent; momentum and Nesterov as in PyTorch (v = mu v + g)."""
+    """Stochastic gradient descent; momentum and Nesterov as in PyTorch (v = mu v + g).
+
+    Checked: lr > 0, 0 <= momentum < 1 and weight_decay >= 0, all finite (else ConfigError)."""
 
     hyperparameters = ("momentum", "nesterov", "weight_decay")
+    state_keys = ("velocity",)
 
     def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
         super().__init__(params, lr)
+        momentum = _hyperparameter("momentum", momentum, below_one=True)
+        weight_decay = _hyperparameter("weight_decay", weight_decay)
+        if not isinstance(nesterov, bool):
+            raise ConfigError(f"nesterov must be True or False, got {nesterov!r}")
         if nesterov and momentum <= 0:
             raise ConfigError("Nesterov momentum needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
@@ -150,15 +241,24 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba); `weight_decay` adds L2 to the gradient, as in PyTorch's Adam."""
+    """Adam (Kingma & Ba); `weight_decay` adds L2 to the gradient, as in PyTorch's Adam.
+
+    Checked: lr > 0, each beta in [0, 1), eps >= 0 and weight_decay >= 0, all finite (else ConfigError)."""
 
     decoupled = False
     hyperparameters = ("beta1", "beta2", "weight_decay")
+    state_keys = ("m", "v")
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(params, lr)
-        self.beta1, self.beta2 = betas
-        self.eps, self.weight_decay = eps, weight_decay
+        try:
+            beta1, beta2 = betas
+        except (TypeError, ValueError):
+            raise ConfigError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+        self.beta1 = _hyperparameter("beta1", beta1, below_one=True)
+        self.beta2 = _hyperparameter("beta2", beta2, below_one=True)
+        self.eps = _hyperparameter("eps", eps)
+        self.weight_decay = _hyperparameter("weight_decay", weight_decay)
 
     def numbers(self) -> dict:
         """The learning rate and the bias corrections of step `steps`, folded into two numbers."""

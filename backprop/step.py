@@ -8,10 +8,8 @@ The step protocol, which every path below follows (eager, traced, jit, CUDA grap
 2. gradients are cleared; forward, loss, backward;
 3. the gradient hooks run, in order, on the list of gradients (`hook(grads) -> grads`): this is
    where a data-parallel all-reduce or gradient clipping (`bp.optim.ClipGradNorm`) plugs in;
-   `.grad` then holds what they returned. A hook names the Python numbers it reads in a
-   `hyperparameters` tuple, as optimizers do, so that a captured step captures again when one
-   changes; a number it does not name is frozen into a capture (as jax.jit freezes Python values);
-4. the optimizer updates the parameters from those gradients (`update(numbers, grads)`).
+   `.grad` then holds what they returned (see below for the numbers a hook reads);
+4. the optimizer updates the parameters from those gradients (`update(numbers_of)`).
 
 The arrays a step reads are its state (the parameters, then the optimizer's state arrays), the
 step's numbers, and the batch; it returns the state after the step, the gradients, the loss and
@@ -28,10 +26,22 @@ GPU no Python between kernels.
 
 What a capture assumes, as torch.compile and CUDA graphs do: for inputs of one shape the step
 makes the same array calls every time. The learning rate and Adam's bias corrections are passed
-in on each call, so schedules work. The optimizer's other hyper-parameters, its state, the
-parameters' shapes and dtypes and the model's train/eval mode are checked on each call: a change
-captures again. A step that reads array values in Python or draws random numbers on the host
-(Dropout in training mode) cannot be captured: TrainStep warns, says why, and runs eagerly.
+in on each call, so schedules work. Everything else that can change the step is guarded, for
+well under a microsecond a call: the batch's shapes and dtypes; the model's structure (modules,
+each one's train/eval mode and settings such as `negative_slope`, the layers of a Sequential,
+which parameters require a gradient); the optimizer's hyper-parameters, its state names, and the
+shapes and dtypes of the parameters and state (checked when backprop.changes moves, a
+`requires_grad` flag flips, or a state array is replaced). A change captures again (and a frozen
+parameter stops moving, as in an eager step).
+
+What no guard can see, as jax.jit cannot: a Python value that the loss, a hook or a module reads
+from outside the model (a global, a closure), and in-place changes to your own lists or dicts
+of modules (assign the attribute again, or use a Sequential). A loss or gradient hook that reads
+a number that changes names it in a `hyperparameters` tuple, as optimizers do: its value then
+joins the guard, and a change captures again. Replays do not check label ranges (that would read
+values every step): `fit` checks every label of a dataset once, before training. A step that
+reads array values in Python or draws random numbers on the host (Dropout in training mode)
+cannot be captured: TrainStep warns, says why, and runs eagerly.
 
 On CuPy the arrays a replay returns (loss, outputs, gradients) are the graph's own buffers, which
 the next call overwrites, as with torch.cuda.graph: copy them to keep them.
@@ -49,12 +59,15 @@ the next call overwrites, as with torch.cuda.graph: copy them to keep them.
 
 from __future__ import annotations
 
+import operator
 import warnings
 
 import numpy as np
 
+from backprop import changes
 from backprop.backend import copy_array, get_rng_state, namespace_of, set_rng_state, to_numpy
 from backprop.backends import backend_of
+from backprop.nn import structure
 from backprop.replay import GraphReplay, NumberTable, TracedReplay
 from backprop.tensor import Tensor
 
@@ -114,11 +127,13 @@ class StepFunction:
     def __init__(self, model, loss, optimizer, gradient_hooks=()):
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.gradient_hooks = list(gradient_hooks)
-        self._hooks_with_numbers = [hook for hook in self.gradient_hooks if getattr(hook, "hyperparameters", ())]
+        # a loss or hook that names the Python numbers it reads in `hyperparameters`
+        self._with_numbers = [f for f in (loss, *self.gradient_hooks) if getattr(f, "hyperparameters", ())]
         self.params = list({id(p): p for p in [*model.parameters(), *optimizer.params]}.values())
         if not self.params:
             raise ValueError(f"{type(model).__name__} has no parameters to train")
         self.xp = namespace_of(self.params[0].data)
+        self.installed: list | None = None  # the state arrays a replay or `load_state` put in last
 
     # --- the state a step reads and writes back ---
 
@@ -139,6 +154,7 @@ class StepFunction:
             if xp is not None:
                 p.xp = xp
         self.optimizer.load_state_arrays(state[len(params) :])
+        self.installed = state
 
     def grads(self) -> list:
         return [p.grad for p in self.params]
@@ -158,6 +174,7 @@ class StepFunction:
             p.data, p.grad = state[i], grads[i]
         if layout.optimizer_state:
             self.optimizer.load_state_arrays(state[layout.params :])
+        self.installed = state
         return loss, out
 
     def layout(self, numbers: int) -> Layout:
@@ -220,19 +237,28 @@ class StepFunction:
 
         return step
 
-    def key(self, x, y, state: list) -> tuple:
-        """What a capture depends on besides array values; a new key is captured anew.
+    def key(self, x, y) -> tuple:
+        """What a capture depends on that may differ from call to call: the batch's shapes and
+        dtypes, and the Python numbers that the loss and the gradient hooks name in their
+        `hyperparameters`. One capture is kept per key."""
+        if self._with_numbers:
+            numbers = tuple([tuple([getattr(f, name) for name in f.hyperparameters]) for f in self._with_numbers])
+            return x.shape, x.dtype, y.shape, y.dtype, numbers
+        return x.shape, x.dtype, y.shape, y.dtype
 
-        `state` is `state()`: the shapes and dtypes of the parameters and optimizer state (and the
-        state's names) are part of the key.
-        """
+    def fingerprint(self, state: list) -> tuple:
+        """What every capture depends on besides array values, checked when backprop.changes
+        moved or the state arrays were replaced: the model's structure (modules, modes, settings,
+        which parameters train), the optimizer's hyper-parameters and state names, and the shapes
+        and dtypes of `state` (as `state()` gives it)."""
         opt = self.optimizer
         return (
-            x.shape, x.dtype, y.shape, y.dtype, self.model.training,
+            structure(self.model),
+            tuple([(id(p), p.requires_grad) for p in self.params]),
             tuple([getattr(opt, name) for name in opt.hyperparameters]),
-            opt.state_names(), tuple([(a.shape, a.dtype) for a in state]),
-            *[tuple([getattr(hook, name) for name in hook.hyperparameters]) for hook in self._hooks_with_numbers],
-        )  # fmt: skip
+            opt.state_names(),
+            tuple([(a.shape, a.dtype) for a in state]),
+        )
 
 
 class TrainStep:
@@ -248,6 +274,9 @@ class TrainStep:
         self.mode = "eager"
         self._warmed: set = set()
         self._captures: dict = {}
+        self._changes = -1  # backprop.changes.count then
+        self._state = None  # the state arrays the last call left behind
+        self._trains = ()  # each parameter's requires_grad
 
     params = property(lambda self: self.function.params)
     model = property(lambda self: self.function.model, lambda self, value: self._replan(model=value))
@@ -261,6 +290,7 @@ class TrainStep:
         self.function = StepFunction(**parts, gradient_hooks=function.gradient_hooks)
         self._captures.clear()
         self._warmed.clear()
+        self._state = None
 
     def __call__(self, inputs, targets):
         x = inputs.data if isinstance(inputs, Tensor) else inputs
@@ -268,18 +298,36 @@ class TrainStep:
         if not self.capture:
             return self._eager(x, y)
         state = self.function.state()
-        key = self.function.key(x, y, state)
+        trains = tuple(map(_requires_grad, self.function.params))  # a plain slot, so it is read here
+        if changes.count != self._changes or trains != self._trains or not _same_arrays(state, self._state):
+            state = self._check_fingerprint(state)
+        function = self.function
+        key = function.key(x, y)
         replay = self._captures.get(key)
-        if replay is not None:
-            if not replay.verified:
-                return self._verify(replay, x, y)
+        if replay is not None and replay.verified:
             loss, out = replay(x, y, state)
-            self.mode = replay.mode
+            self.mode, self._state = replay.mode, function.installed
             return loss, out
-        if key not in self._warmed or len(self._captures) >= MAX_CAPTURES:
+        if replay is not None:
+            loss, out = self._verify(replay, x, y)
+        elif key not in self._warmed or len(self._captures) >= MAX_CAPTURES:
             self._warmed.add(key)
-            return self._eager(x, y)
-        return self._record(key, x, y)
+            loss, out = self._eager(x, y)
+        else:
+            loss, out = self._record(key, x, y)
+        self._state = function.state()
+        return loss, out
+
+    def _check_fingerprint(self, state: list) -> list:
+        """Something changed (backprop.changes moved, a `requires_grad` flag, a state array): if
+        the step's fingerprint is not the one a capture was recorded with, everything captured is
+        dropped and the step planned anew. The (possibly new) state."""
+        fingerprint = self.function.fingerprint(state)
+        if any(replay.fingerprint != fingerprint for replay in self._captures.values()):
+            self._replan()
+            state = self.function.state()
+        self._changes, self._trains = changes.count, tuple(map(_requires_grad, self.function.params))
+        return state
 
     def _eager(self, x, y):
         self.mode = "eager"
@@ -288,6 +336,7 @@ class TrainStep:
     def _record(self, key, x, y):
         """Capture the step for `key` (this call's step happens on the way); eager if it cannot."""
         function = self.function
+        fingerprint = function.fingerprint(function.state())  # what the replays will be checked against
         snapshot = function.snapshot()
         entry = backend_of(function.xp)
         try:
@@ -297,8 +346,10 @@ class TrainStep:
                 replay, results = TracedReplay.record(function, x, y, entry)
         except Exception as error:  # whatever stopped it, the step must still happen, once
             function.restore(snapshot)
+            results = self._eager(x, y)  # if the step itself fails, that error is the one to see
             self._give_up(f"the step could not be captured: {error}")
-            return self._eager(x, y)
+            return results
+        replay.fingerprint = fingerprint
         self._captures[key] = replay
         self.mode = replay.recording_mode
         return results
@@ -311,8 +362,9 @@ class TrainStep:
             loss, out = replay(x, y)  # JAX compiles here; a graph launches for the second time
         except Exception as error:
             function.restore(snapshot)
+            results = self._eager(x, y)  # if the step itself fails, that error is the one to see
             self._give_up(f"its replay failed: {error}")
-            return self._eager(x, y)
+            return results
         replayed = [*function.state(), *function.grads(), loss, out]
         function.restore(snapshot)
         loss, out = self._eager(x, y)
@@ -332,6 +384,14 @@ class TrainStep:
             CaptureWarning,
             stacklevel=3,
         )
+
+
+_requires_grad = operator.attrgetter("requires_grad")
+
+
+def _same_arrays(arrays: list, others: list | None) -> bool:
+    """Whether two lists hold the same array objects (not merely equal ones)."""
+    return others is not None and len(arrays) == len(others) and all(map(operator.is_, arrays, others))
 
 
 def _first_mismatch(replayed: list, eager: list) -> str | None:

@@ -19,7 +19,8 @@ from operator import attrgetter
 
 from array_api_compat import device, is_array_api_obj
 
-from backprop.backend import backend_name, get_backend, namespace_of, to_numpy
+from backprop.backend import backend_name, copy_array, get_backend, namespace_of, to_numpy
+from backprop.backends import backend_of
 
 _grad_enabled = contextvars.ContextVar("backprop_grad_enabled", default=True)
 _sequence = itertools.count()  # creation order of graph nodes: parents always come before children
@@ -31,7 +32,7 @@ class Tensor:
     `data` is the backend array; `grad` (after `backward`) is a backend array of the same shape.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "xp", "_parents", "_backward", "_sequence", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "xp", "_parents", "_backward", "_sequence", "_written", "__weakref__")
     __array_priority__ = 1000  # NumPy defers `ndarray + Tensor` to Tensor.__radd__
 
     def __init__(self, data, requires_grad: bool = False):
@@ -45,6 +46,7 @@ class Tensor:
         self.grad = None
         self._parents = ()
         self._backward = None
+        self._written = 0  # when the library last wrote into `data` in place (see `mark_written`)
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_()
@@ -91,9 +93,26 @@ class Tensor:
         `grad` is the upstream gradient (default: 1 for a one-element tensor).
         """
         leaves, grads = _backpropagate(self, grad, retain_graph, wanted=())
+        _hand_over(grads, leaves.values(), grad)
         for key, leaf in leaves.items():
             if key in grads:
                 leaf.grad = grads[key] if leaf.grad is None else leaf.grad + grads[key]
+
+
+def _hand_over(grads: dict, tensors, given) -> None:
+    """Make the gradients in `grads` of `tensors` safe to hand to users: each its own writable
+    array (an op's backward may give two inputs one array, or a read-only broadcast view; `given`
+    is the caller's upstream gradient, never handed back)."""
+    seen = {id(given.data if isinstance(given, Tensor) else given)} if given is not None else set()
+    entry = None
+    for tensor in tensors:
+        g = grads.get(id(tensor))
+        if g is None:
+            continue
+        entry = entry or backend_of(tensor.xp)
+        if id(g) in seen or not entry.writable(g):
+            grads[id(tensor)] = g = copy_array(g)
+        seen.add(id(g))
 
 
 def _is_float_data(data) -> bool:
@@ -124,6 +143,7 @@ def result(data, xp, parents: tuple, backward) -> Tensor:
     out.requires_grad = False
     out._parents = ()
     out._backward = None
+    out._written = 0
     if _grad_enabled.get():
         for parent in parents:
             if parent.requires_grad:
@@ -215,6 +235,8 @@ def _backpropagate(root: Tensor, grad, retain_graph: bool, wanted):
                 f"for {len(parents)} inputs"
             )
         for parent, pg, need in zip(parents, parent_grads, needs, strict=False):  # lengths checked above
+            if parent._written > node._sequence:
+                _modified_in_place(node, parent)
             if pg is None or not need:
                 continue
             if pg.shape != parent.data.shape:
@@ -226,6 +248,22 @@ def _backpropagate(root: Tensor, grad, retain_graph: bool, wanted):
             node._backward = _graph_freed
     grads.update(kept)
     return leaves, grads
+
+
+def mark_written(tensors) -> None:
+    """Record that the library wrote into these tensors' arrays in place (an optimizer step): a
+    graph built before that can no longer give their gradients, and backward says so."""
+    stamp = next(_sequence)
+    for tensor in tensors:
+        tensor._written = stamp
+
+
+def _modified_in_place(node: Tensor, parent: Tensor) -> None:
+    raise RuntimeError(
+        f"an input of {node._backward.__qualname__.split('.')[0]} (shape {parent.shape}) was changed in place "
+        "after the forward pass (an optimizer step?): its gradient would be wrong. Run the forward pass "
+        "again, or step the optimizer after backward()"
+    )
 
 
 def _check_backward_signature(backward, error: TypeError) -> None:
@@ -255,6 +293,7 @@ def grad(output: Tensor, inputs, grad_output=None, retain_graph: bool = False):
     """
     inputs = list(inputs)
     _, grads = _backpropagate(output, grad_output, retain_graph, wanted={id(t) for t in inputs})
+    _hand_over(grads, inputs, grad_output)
     return [grads[id(t)] if id(t) in grads else t.xp.zeros_like(t.data) for t in inputs]
 
 

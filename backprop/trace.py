@@ -459,6 +459,9 @@ class _TracedEntry:
     def readable(self, array) -> bool:
         return False
 
+    def writable(self, array) -> bool:
+        return True  # a replay's gradients are arrays it computes, never a caller's view
+
     def to_host(self, array):
         array._read()
 

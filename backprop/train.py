@@ -16,13 +16,14 @@ per step); batches come from `backprop.data.Batches` on the current backend.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 
 import numpy as np
 
-from backprop.backend import to_numpy
+from backprop.backend import get_backend, namespace_of, to_numpy
 from backprop.data.batches import Batches
-from backprop.errors import UserError
+from backprop.errors import ConfigError, UserError
 from backprop.io import load_checkpoint, save_checkpoint
 from backprop.progress import progress_bar
 from backprop.step import TrainStep
@@ -46,13 +47,19 @@ class History:
 
 
 class EarlyStopping:
-    """Stop when `monitor` has not improved by `min_delta` for `patience` epochs; optionally put
-    back the best weights."""
+    """Stop when `monitor` has not improved by more than `min_delta` for `patience` epochs;
+    optionally put back the best weights. Its state is saved in checkpoints, so a resumed run
+    stops where the uninterrupted one would.
+
+    >>> stop = EarlyStopping("loss", patience=2)
+    >>> [stop.on_epoch_end(None, {"loss": value}) for value in (1.0, 0.5, 0.6, 0.5)]
+    [False, False, False, True]
+    """
 
     def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0, restore_best=True):
         self.monitor, self.patience, self.min_delta, self.restore_best = monitor, patience, min_delta, restore_best
         self.sign = -1.0 if "loss" in monitor else 1.0  # losses improve downwards
-        self.best, self.best_state, self.waited = -math.inf, None, 0
+        self.best, self.best_state, self.waited, self.stopped = -math.inf, None, 0, False
 
     def on_epoch_end(self, model, record: dict) -> bool:
         if self.monitor not in record:
@@ -60,15 +67,34 @@ class EarlyStopping:
         score = self.sign * record[self.monitor]
         if score > self.best + self.min_delta:
             self.best, self.waited = score, 0
-            if self.restore_best:
+            if self.restore_best and model is not None:
                 self.best_state = {k: to_numpy(v).copy() for k, v in model.state_dict().items()}
             return False
         self.waited += 1
         if self.waited >= self.patience:
             if self.best_state is not None:
                 model.load_state_dict(self.best_state)
-            return True
-        return False
+            self.stopped = True
+        return self.stopped
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps: the best score, the epochs waited, whether it stopped, and the
+        best weights (as "best/<parameter name>" arrays)."""
+        best = {f"best/{name}": array for name, array in (self.best_state or {}).items()}
+        return {"best": self.best, "waited": self.waited, "stopped": self.stopped, **best}
+
+    def check_state_dict(self, state: dict) -> dict:
+        """`state` as `state_dict` gives it, checked (a ConfigError names what is wrong)."""
+        for key, kind in (("best", float), ("waited", int), ("stopped", bool)):
+            if not isinstance(state.get(key), kind) or (kind is not bool and isinstance(state[key], bool)):
+                raise ConfigError(f"EarlyStopping state {key!r} must be a {kind.__name__}, got {state.get(key)!r}")
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        state = self.check_state_dict(state)
+        weights = {k.removeprefix("best/"): np.asarray(v) for k, v in state.items() if k.startswith("best/")}
+        self.best, self.waited, self.stopped = state["best"], state["waited"], state["stopped"]
+        self.best_state = weights or None
 
 
 def _correct(xp, out, target):
@@ -83,31 +109,103 @@ def _correct(xp, out, target):
     return xp.sum(xp.astype(predicted == truth, xp.int64))
 
 
-def _as_batches(data, batch_size: int, shuffle: bool) -> Batches:
+def _pair(data, what: str):
+    """`data` = (inputs, targets) as host arrays, or a ConfigError naming `what`."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ConfigError(f"{what} must be (inputs, targets) or a Batches, got {type(data).__name__}")
+    inputs, targets = np.asarray(data[0]), np.asarray(data[1])
+    if inputs.ndim == 0 or targets.ndim == 0:
+        raise ConfigError(f"{what}: inputs and targets must be arrays with a row per sample, not scalars")
+    if len(inputs) != len(targets):
+        raise ConfigError(f"{what} has {len(inputs)} inputs but {len(targets)} targets")
+    if len(inputs) == 0:
+        raise ConfigError(f"{what} is empty (0 samples)")
+    return inputs, targets
+
+
+def _as_batches(data, batch_size: int, shuffle: bool, what: str = "the data") -> Batches:
     if isinstance(data, Batches):
         return data
-    inputs, targets = data
+    inputs, targets = _pair(data, what)
     return Batches(inputs, targets, batch_size, shuffle=shuffle)
 
 
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name} must be a positive integer, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value}")
+    return int(value)
+
+
+def _first_non_finite(array, what: str, kind: str) -> None:
+    """A ConfigError naming the first inf or NaN of a floating `array` (host or backend), if any."""
+    if isinstance(array, np.ndarray):
+        if array.dtype.kind not in "fc" or np.isfinite(array).all():
+            return
+    else:  # a backend array (Batches): one check on the device, one read
+        xp = namespace_of(array)
+        if not xp.isdtype(array.dtype, ("real floating", "complex floating")) or bool(xp.all(xp.isfinite(array))):
+            return
+        array = to_numpy(array)
+    index = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+    raise ConfigError(
+        f"{what} has a non-finite {kind} ({array[index]}) in sample {index[0]} (index {index}): "
+        "fix or drop that sample before training"
+    )
+
+
+def _check_dataset(data, what: str) -> None:
+    """`data` is (inputs, targets) or Batches, not empty, with no inf or NaN (checked once, before training)."""
+    inputs, targets = (data.inputs, data.targets) if isinstance(data, Batches) else _pair(data, what)
+    _first_non_finite(inputs, what, "input")
+    _first_non_finite(targets, what, "target")
+
+
+def _check_fit_arguments(train, epochs, batch_size, validation, metrics) -> None:
+    """Every argument of `fit` that could fail or be silently wrong later, checked before any work."""
+    _positive_int("epochs", epochs)
+    _positive_int("batch_size", batch_size)
+    _check_metrics(metrics)
+    _check_dataset(train, "the training set")
+    if validation is not None:
+        _check_dataset(validation, "the validation set")
+
+
 class DivergedError(UserError, FloatingPointError):
-    """The training loss became inf or NaN."""
+    """The training or validation loss became inf or NaN."""
 
 
-def _check_finite(value: float, epoch: int, what: str) -> None:
+def _check_finite(value: float, epoch: int, what: str, hint="training diverged (try a lower learning rate)") -> None:
     if not math.isfinite(value):
-        raise DivergedError(f"{what} became {value} in epoch {epoch}: training diverged (try a lower learning rate)")
+        raise DivergedError(f"{what} became {value} in epoch {epoch}: {hint}")
+
+
+METRICS = ("accuracy",)
+
+
+def _check_metrics(metrics) -> None:
+    if isinstance(metrics, str):
+        raise ConfigError(f"metrics must be a list of names, e.g. ({metrics!r},), not the string {metrics!r}")
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ConfigError(f"unknown metric {unknown[0]!r}; known metrics: {', '.join(METRICS)}")
 
 
 class _Tally:
-    """Loss and correct predictions summed on the device, read once at the end."""
+    """Loss and correct predictions summed on the device, read once at the end (float16 losses are
+    summed in float32: an epoch's sum would overflow float16's 65504)."""
 
     def __init__(self, xp, metrics):
+        _check_metrics(metrics)
         self.xp, self.accuracy = xp, "accuracy" in metrics
         self.loss, self.correct, self.count = 0.0, 0, 0
+        self.narrow = getattr(xp, "float16", None)
 
     def add(self, loss, out, targets) -> None:
         n = out.shape[0]
+        if self.narrow is not None and getattr(loss, "dtype", None) == self.narrow:
+            loss = self.xp.astype(loss, self.xp.float32)
         self.loss, self.count = self.loss + loss * n, self.count + n
         if self.accuracy:
             self.correct = self.correct + _correct(self.xp, out, targets)
@@ -117,6 +215,36 @@ class _Tally:
         if self.accuracy:
             result["accuracy"] = float(to_numpy(self.correct)) / self.count
         return result
+
+
+def _check_labels(model, datasets: dict) -> None:
+    """Class labels (integer targets of shape (N,)) of whole datasets in 0..C-1 for a model of C
+    outputs, checked once on the host before training: a captured step's replays read no values."""
+    labelled = {
+        what: b for what, b in datasets.items() if b.targets.ndim == 1 and b.xp.isdtype(b.targets.dtype, "integral")
+    }
+    if not labelled:
+        return
+    outputs = _output_width(model, next(iter(labelled.values())))
+    for what, batches in labelled.items():
+        labels = to_numpy(batches.targets)
+        bad = np.flatnonzero((labels < 0) | (labels >= outputs))
+        if outputs > 1 and bad.size:
+            raise ConfigError(
+                f"{what} labels must be in 0..{outputs - 1} for {outputs} outputs: label {labels[bad[0]]} "
+                f"at index {bad[0]} ({bad.size} out of range)"
+            )
+
+
+@no_grad()
+def _output_width(model, batches: Batches) -> int:
+    """How many outputs the model gives a sample (one sample, in eval mode: no random numbers drawn)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return model(Tensor(batches.inputs[:1, ...])).shape[-1]
+    finally:
+        model.train(was_training)
 
 
 def _run_epoch(step: TrainStep, batches: Batches, metrics, bar) -> dict:
@@ -130,8 +258,11 @@ def _run_epoch(step: TrainStep, batches: Batches, metrics, bar) -> dict:
 
 @no_grad()
 def evaluate(model, loss_fn, data, batch_size: int = 1000, metrics=("accuracy",)) -> dict:
-    """Mean loss (and accuracy) over `data` = (inputs, targets) or Batches, in eval mode."""
-    batches = _as_batches(data, batch_size, shuffle=False)
+    """Mean loss (and accuracy) over `data` = (inputs, targets) or Batches, in eval mode.
+
+    Empty data is a ConfigError (a mean over no samples has no value); inf or NaN inputs give
+    an inf or NaN loss, as they should."""
+    batches = _as_batches(data, batch_size, shuffle=False, what="evaluate's data")
     tally = _Tally(batches.xp, metrics)
     was_training = model.training
     model.eval()
@@ -146,15 +277,23 @@ def evaluate(model, loss_fn, data, batch_size: int = 1000, metrics=("accuracy",)
 
 @no_grad()
 def predict(model, inputs, batch_size: int = 1000):
-    """The model's outputs for `inputs` (host or backend array), as one backend array."""
-    batches = Batches(to_numpy(inputs), np.zeros(len(inputs)), batch_size, shuffle=False)
+    """The model's outputs for `inputs` (host or backend array), as one backend array.
+
+    No rows give an empty array of shape (0, outputs), as `model(x[:0])` does in PyTorch."""
+    host = to_numpy(inputs)
+    if host.ndim == 0:
+        raise ConfigError("predict needs an array with a row per sample, not a scalar")
     was_training = model.training
     model.eval()
     try:
-        outs = [model(Tensor(x)).data for x, _ in batches]
+        if len(host) == 0:
+            _positive_int("batch_size", batch_size)
+            outs = [model(Tensor(get_backend().asarray(host))).data]
+        else:
+            outs = [model(Tensor(x)).data for x, _ in Batches(host, np.zeros(len(host)), batch_size, shuffle=False)]
     finally:
         model.train(was_training)
-    return batches.xp.concat(outs, axis=0)
+    return namespace_of(outs[0]).concat(outs, axis=0)
 
 
 def fit(
@@ -183,13 +322,19 @@ def fit(
     `capture=True` captures the training step and replays it (backprop.step.TrainStep): the same
     numbers, less Python per step; a step that cannot be captured warns and runs eagerly.
     `gradient_hooks` run on the gradients between backward and the update (`bp.optim.ClipGradNorm`).
+    Checked before any work (ConfigError): positive integer `epochs` and `batch_size`, known
+    `metrics`, and training and validation sets that are not empty and hold no inf or NaN.
     """
+    _check_fit_arguments(train, epochs, batch_size, validation, metrics)
     batches = _as_batches(train, batch_size, shuffle)
     validation = _as_batches(validation, max(batch_size, 1000), False) if validation is not None else None
+    _check_labels(model, {"training": batches, **({"validation": validation} if validation is not None else {})})
     history, start = History(), 1
     if resume is not None:
-        meta = load_checkpoint(resume, model, optimizer)
+        meta = load_checkpoint(resume, model, optimizer, callbacks)
         history, start = History(meta["history"]), meta["epoch"] + 1
+        if any(getattr(callback, "stopped", False) for callback in callbacks):
+            return history  # the run had stopped early: there is nothing left to train
     model.train()
     step = TrainStep(model, loss, optimizer, capture=capture, gradient_hooks=gradient_hooks)
     for epoch in range(start, epochs + 1):
@@ -199,12 +344,13 @@ def fit(
             _check_finite(record["loss"], epoch, "the training loss")
             if validation is not None:
                 record.update({f"val_{k}": v for k, v in evaluate(model, loss, validation, metrics=metrics).items()})
+                _check_finite(record["val_loss"], epoch, "the validation loss", "the model overflows on that set")
             record["seconds"] = time.perf_counter() - began
             bar.set_postfix({k: round(v, 4) for k, v in record.items() if k not in ("epoch", "seconds")})
         history.epochs.append(record)
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, model, optimizer, epoch, history)
         stops = [callback.on_epoch_end(model, record) for callback in callbacks]
+        if checkpoint is not None:  # after the callbacks: a decayed learning rate, a patience count
+            save_checkpoint(checkpoint, model, optimizer, epoch, history, callbacks)
         if any(stops):
             break
     return history

@@ -6,6 +6,8 @@ seeded host generator, and a batch is `take` of those indices, or a plain slice 
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from backprop.backend import get_backend, host_rng
@@ -22,11 +24,22 @@ class Batches:
     """
 
     def __init__(self, inputs, targets, batch_size: int, shuffle: bool = True, drop_last: bool = False, dtype=None):
+        """Empty data, a batch size that is not a positive integer, or one that leaves no batch with
+        `drop_last`, are ConfigErrors here rather than an epoch without batches."""
         inputs, targets = np.asarray(inputs), np.asarray(targets)
+        if inputs.ndim == 0 or targets.ndim == 0:
+            raise ConfigError("inputs and targets must be arrays with a row per sample, not scalars")
         if len(inputs) != len(targets):
             raise ConfigError(f"{len(inputs)} inputs but {len(targets)} targets")
+        if len(inputs) == 0:
+            raise ConfigError("no samples: inputs and targets are empty")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+            kind = type(batch_size).__name__
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r} ({kind})")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
+        if drop_last and batch_size > len(inputs):
+            raise ConfigError(f"drop_last with batch_size {batch_size} > {len(inputs)} samples leaves no batch")
         if dtype is not None:
             inputs = inputs.astype(dtype)
         backend = get_backend()

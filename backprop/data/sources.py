@@ -5,6 +5,10 @@ cache; otherwise it is downloaded from the public mirrors, with a progress bar, 
 Every file's MD5 is verified on its decompressed content (so a copy whose gzip header was
 rewritten, as Debian's Fashion-MNIST is, still matches); a download is written to a temporary file and renamed only once
 complete and verified, so a failed or wrong download never leaves a file that looks complete.
+
+The checksum is computed on the decompressed stream, a chunk at a time, before the content is read
+into memory: a small compressed file that expands to gigabytes (a "gzip bomb") costs time to
+reject, never memory.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 import urllib.request
 from pathlib import Path
 
-from backprop.data.idx import read_content
+from backprop.data.idx import iter_content, read_content
 from backprop.errors import UserError
 from backprop.files import atomic_write
 from backprop.progress import progress_bar
@@ -30,13 +34,21 @@ def cache_dir() -> Path:
 
 
 def _verified(path: Path, checksum: str) -> bytes:
+    """The decompressed content of `path`, read only once its streamed MD5 matches `checksum`."""
+    streamed = hashlib.md5()
+    for block in iter_content(str(path)):
+        streamed.update(block)
+    _check_md5(path, streamed.hexdigest(), checksum)
     content = read_content(str(path))
-    actual = hashlib.md5(content).hexdigest()
+    _check_md5(path, hashlib.md5(content).hexdigest(), checksum)  # the file may have changed meanwhile
+    return content
+
+
+def _check_md5(path: Path, actual: str, checksum: str) -> None:
     if actual != checksum:
         raise DataError(
             f"{path}: checksum mismatch (md5 of contents {actual}, expected {checksum}): the file is corrupt"
         )
-    return content
 
 
 def _candidates(dataset: str, filename: str, data_dir) -> list[Path]:
