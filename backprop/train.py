@@ -15,6 +15,7 @@ per step); batches come from `backprop.data.Batches` on the current backend.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import time
@@ -236,15 +237,25 @@ def _check_labels(model, datasets: dict) -> None:
             )
 
 
+@contextlib.contextmanager
+def _evaluating(model):
+    """`model` in eval mode inside the block; after it, every module back in its own mode (a
+    sub-module the user keeps in eval mode stays so)."""
+    modes = [(module, module.training) for _, module in model.named_modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            if module.training != mode:
+                module.training = mode
+
+
 @no_grad()
 def _output_width(model, batches: Batches) -> int:
     """How many outputs the model gives a sample (one sample, in eval mode: no random numbers drawn)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with _evaluating(model):
         return model(Tensor(batches.inputs[:1, ...])).shape[-1]
-    finally:
-        model.train(was_training)
 
 
 def _run_epoch(step: TrainStep, batches: Batches, metrics, bar) -> dict:
@@ -264,14 +275,10 @@ def evaluate(model, loss_fn, data, batch_size: int = 1000, metrics=("accuracy",)
     an inf or NaN loss, as they should."""
     batches = _as_batches(data, batch_size, shuffle=False, what="evaluate's data")
     tally = _Tally(batches.xp, metrics)
-    was_training = model.training
-    model.eval()
-    try:
+    with _evaluating(model):
         for inputs, targets in batches:
             out = model(Tensor(inputs))
             tally.add(loss_fn(out, targets).data, out.data, targets)
-    finally:
-        model.train(was_training)
     return tally.record()
 
 
@@ -283,16 +290,12 @@ def predict(model, inputs, batch_size: int = 1000):
     host = to_numpy(inputs)
     if host.ndim == 0:
         raise ConfigError("predict needs an array with a row per sample, not a scalar")
-    was_training = model.training
-    model.eval()
-    try:
+    with _evaluating(model):
         if len(host) == 0:
             _positive_int("batch_size", batch_size)
             outs = [model(Tensor(get_backend().asarray(host))).data]
         else:
             outs = [model(Tensor(x)).data for x, _ in Batches(host, np.zeros(len(host)), batch_size, shuffle=False)]
-    finally:
-        model.train(was_training)
     return namespace_of(outs[0]).concat(outs, axis=0)
 
 

@@ -300,3 +300,15 @@ def test_optimizers_refuse_hyperparameters_that_are_not_finite_or_out_of_range(c
 
 def test_every_error_here_is_a_user_error():
     assert issubclass(ConfigError, UserError) and issubclass(DivergedError, UserError)
+
+
+def test_evaluate_and_predict_give_every_module_its_own_mode_back():
+    x, y = _spirals()
+    model = bp.nn.Sequential(bp.nn.Linear(2, 6), bp.nn.Dropout(0.5), bp.nn.Tanh(), bp.nn.Linear(6, 2))
+    model.layers[1].eval()  # the user keeps this Dropout off while the rest trains
+    for run in (lambda: bp.evaluate(model, bp.losses.cross_entropy, (x, y)), lambda: bp.predict(model, x)):
+        run()
+        assert [m.training for m in model.layers] == [True, False, True, True]
+    model.eval()
+    bp.evaluate(model, bp.losses.cross_entropy, (x, y))
+    assert not any(m.training for _, m in model.named_modules())
