@@ -99,7 +99,9 @@ def _from_environment() -> Backend:
         _default = Backend("numpy", NUMPY)
         return _default
     try:
-        _default = make_backend(name or "numpy", device)
+        backend = make_backend(name or "numpy", device)
+        backend.entry.select(backend.device)
+        _default = backend
     except BackendError as error:
         settings = [f"BACKPROP_BACKEND={name!r}"] if name else []
         settings += [f"BACKPROP_DEVICE={device!r}"] if device else []
@@ -116,16 +118,20 @@ def set_backend(name: str, device=None) -> Backend:
     'numpy'
     """
     global _default
-    _default = make_backend(name, device)
+    backend = make_backend(name, device)
+    backend.entry.select(backend.device)  # kernels run on it (CuPy runs them on the current device)
+    _default = backend
     return _default
 
 
 @contextlib.contextmanager
 def use_backend(name: str, device=None):
     """Use a backend inside a ``with`` block only; blocks nest and restore on exit."""
-    token = _scoped.set(make_backend(name, device))
+    backend = make_backend(name, device)
+    token = _scoped.set(backend)
     try:
-        yield _scoped.get()
+        with backend.entry.on(backend.device):  # kernels run on its device inside the block
+            yield backend
     finally:
         _scoped.reset(token)
 

@@ -21,6 +21,7 @@ it without NumPy); each entry imports its library when first used.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import importlib.util
 
@@ -50,7 +51,7 @@ class BackendEntry:
     default_tests: bool = True  # in `nox -s tests` (otherwise in a session of its own)
     test_threads: tuple = (None,)  # BLAS thread counts its test sessions run at (None: all cores)
     threads_fixed: bool = False  # sizes its thread pool once, at start: thread limits do not apply
-    helpers = ("set_at", "scatter_add")  # methods that compute arrays (a trace records their calls)
+    helpers = ("set_at", "scatter_add", "sign")  # methods that compute arrays (a trace records their calls)
 
     def __init__(self):
         self._namespace = None
@@ -126,6 +127,9 @@ class BackendEntry:
         """A context in which kernels run on `device` (libraries that select a current device)."""
         return contextlib.nullcontext()
 
+    def select(self, device) -> None:
+        """Make `device` the one kernels run on from now on (libraries with a current device)."""
+
     # --- arrays ---
 
     def set_at(self, array, key, values):
@@ -133,6 +137,12 @@ class BackendEntry:
         are mutable; a new array where they are not."""
         array[key] = values
         return array
+
+    def sign(self, array):
+        """-1, 0 or 1 by the sign of each element (a real array)."""
+        from array_api_compat import array_namespace
+
+        return array_namespace(array).sign(array)
 
     def scatter_add(self, grad, indices, axis: int, size: int):
         """zeros with `size` along `axis`, plus `grad`'s slices added at `indices` (repeats add up).
@@ -393,6 +403,10 @@ class CuPyBackend(BackendEntry):
     def on(self, device):
         return device if device is not None else contextlib.nullcontext()  # cupy.cuda.Device is a context
 
+    def select(self, device) -> None:
+        if device is not None:  # compat's zeros/arange ignore `device` for CuPy: the current one is used
+            device.use()
+
     def scatter_add(self, grad, indices, axis, size):
         import cupy
 
@@ -401,6 +415,11 @@ class CuPyBackend(BackendEntry):
         out = cupy.zeros(shape, dtype=grad.dtype)
         cupy.add.at(out, (slice(None),) * axis + (indices,), grad)  # cupyx.scatter_add's successor (atomic adds)
         return out
+
+    def sign(self, array):
+        import cupy  # array-api-compat's sign mends NaNs with a boolean mask, a device sync
+
+        return cupy.sign(array)  # NaN gives 0: a gradient of abs at NaN (whose loss is NaN anyway)
 
     def to_host(self, array):
         return array.get()
@@ -427,6 +446,9 @@ class CuPyBackend(BackendEntry):
         pool = cupy.cuda.MemoryPool()
         stream = cupy.cuda.Stream(non_blocking=True)
         cupy.cuda.set_pinned_memory_allocator(_refuse_host_copies)
+        collecting = gc.isenabled()
+        gc.collect()  # an old graph freed by a collection mid-capture would free memory the capture uses
+        gc.disable()
         try:
             with cupy.cuda.using_allocator(pool.malloc), stream:
                 stream.begin_capture()
@@ -437,6 +459,8 @@ class CuPyBackend(BackendEntry):
                     raise
                 graph = stream.end_capture()
         finally:
+            if collecting:
+                gc.enable()
             cupy.cuda.set_pinned_memory_allocator(cupy.get_default_pinned_memory_pool().malloc)
         return graph.launch, outputs, (pool, stream)
 

@@ -80,7 +80,7 @@ def binary_cross_entropy(prob: Tensor, target, eps: float = 1e-12) -> Tensor:
     xp, T = prob.xp, _data(target, prob)
     _check_same_shape("binary_cross_entropy", prob, T)
     eps = max(eps, float(xp.finfo(prob.dtype).eps))
-    P = xp.clip(prob.data, eps, 1 - eps)
+    P = ops.clip_array(xp, prob.data, eps, 1 - eps)
     count = prob.size
     loss = -_sum_over(xp, T * xp.log(P) + (1 - T) * xp.log(1 - P), count)
     return result(loss, xp, (prob,), lambda g, needs: ((P - T) * (g / count) / (P * (1 - P)),))

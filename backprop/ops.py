@@ -204,8 +204,8 @@ def matmul(a, b) -> Tensor:
         B2 = B if B.ndim > 1 else xp.expand_dims(B, axis=1)
         g2 = g if B.ndim > 1 else xp.expand_dims(g, axis=-1)
         g2 = g2 if A.ndim > 1 else xp.expand_dims(g2, axis=-2)
-        ga = g2 @ B2.mT if needs[0] else None
-        gb = A2.mT @ g2 if needs[1] else None
+        ga = g2 @ xp.matrix_transpose(B2) if needs[0] else None  # not `.mT`: CuPy has it only from 14
+        gb = xp.matrix_transpose(A2) @ g2 if needs[1] else None
         if ga is not None and A.ndim == 1:
             ga = xp.squeeze(ga, axis=-2)
         if gb is not None and B.ndim == 1:
@@ -236,8 +236,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: st
     def backward(g, needs):
         if activation is not None:
             g = g * derivative(xp, out)
-        gx = g @ W.mT if needs[0] else None
-        gw = X.mT @ g if needs[1] else None
+        gx = g @ W.T if needs[0] else None  # 2-D: `.T` (every library has it; `.mT` CuPy only from 14)
+        gw = X.T @ g if needs[1] else None
         if bias is None:
             return gx, gw
         return gx, gw, (xp.sum(g, axis=0) if needs[2] else None)
@@ -357,7 +357,8 @@ def sqrt(x: Tensor) -> Tensor:
 @op("abs", "__abs__")
 def abs(x: Tensor) -> Tensor:
     X, xp = x.data, x.xp
-    return result(xp.abs(X), xp, (x,), lambda g, needs: (g * xp.sign(X),))
+    entry = backend_of(xp)  # the library's own sign: array-api-compat's for CuPy waits for the device
+    return result(xp.abs(X), xp, (x,), lambda g, needs: (g * entry.sign(X),))
 
 
 # Activations whose derivative is a function of their output: (forward(xp, x), derivative(xp, out)).
@@ -464,7 +465,15 @@ def clip(x: Tensor, min=None, max=None) -> Tensor:
         inside = inside & (X >= min)
     if max is not None:
         inside = inside & (X <= max)
-    return result(xp.clip(X, min, max), xp, (x,), lambda g, needs: (xp.where(inside, g, 0.0),))
+    return result(clip_array(xp, X, min, max), xp, (x,), lambda g, needs: (xp.where(inside, g, 0.0),))
+
+
+def clip_array(xp, X, min=None, max=None):
+    """`xp.clip` as `minimum(maximum())`: array-api-compat's clip for CuPy indexes with boolean
+    masks, which waits for the device and cannot be captured in a CUDA graph."""
+    if min is not None:
+        X = xp.maximum(X, min)
+    return X if max is None else xp.minimum(X, max)
 
 
 @op("astype")

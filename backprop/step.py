@@ -340,9 +340,8 @@ class TrainStep:
         snapshot = function.snapshot()
         entry = backend_of(function.xp)
         try:
-            if entry.capture == "cuda-graph":
-                replay, results = GraphReplay.record(function, x, y, entry.capture_graph)
-            else:
+            replay, results = self._record_graph(x, y, snapshot) if entry.capture == "cuda-graph" else (None, None)
+            if replay is None:
                 replay, results = TracedReplay.record(function, x, y, entry)
         except Exception as error:  # whatever stopped it, the step must still happen, once
             function.restore(snapshot)
@@ -353,6 +352,19 @@ class TrainStep:
         self._captures[key] = replay
         self.mode = replay.recording_mode
         return results
+
+    def _record_graph(self, x, y, snapshot):
+        """A device graph of the step, or (None, None) with a CaptureWarning saying why there is
+        none (then a traced replay is the next best: it still skips the engine's Python)."""
+        function = self.function
+        try:
+            return GraphReplay.record(function, x, y, backend_of(function.xp).capture_graph)
+        except Exception as error:
+            function.restore(snapshot)
+            warnings.warn(
+                f"TrainStep replays a traced program, not a CUDA graph: {error}", CaptureWarning, stacklevel=4
+            )
+            return None, None
 
     def _verify(self, replay, x, y):
         """Replay once, then undo it and run the step eagerly: both must agree (once per capture)."""

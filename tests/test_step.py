@@ -229,6 +229,22 @@ def test_the_graph_path_equals_eager_steps_with_a_stand_in_graph(backend, optimi
     assert "cuda-graph" in captured[2][4:], captured[2]
 
 
+def test_a_graph_that_cannot_be_captured_falls_back_to_a_traced_replay_not_to_eager(monkeypatch):
+    """CuPy refuses some calls while a stream captures (cuBLAS before it has a workspace of its
+    own): the step is then replayed as a traced program, which needs no graph."""
+    entry = BACKENDS["numpy"]
+
+    def refusing(function, inputs):
+        raise NotImplementedError("calling cuBLAS API during stream capture is currently unsupported")
+
+    monkeypatch.setattr(entry, "capture", "cuda-graph")
+    monkeypatch.setattr(entry, "capture_graph", refusing)
+    with pytest.warns(bp.CaptureWarning, match="replays a traced program, not a CUDA graph: calling cuBLAS API"):
+        captured = _train(True, "adam", "cross_entropy")
+    _assert_same_training(captured, _train(False, "adam", "cross_entropy"))
+    assert "traced" in captured[2][4:] and "cuda-graph" not in captured[2], captured[2]
+
+
 def test_a_replay_that_fails_falls_back_to_eager_and_loses_nothing(monkeypatch):
     """A first replay that raises (a compiler or a graph launch failing) is undone, then run eagerly."""
     from backprop.replay import TracedReplay
