@@ -171,6 +171,11 @@ class BackendEntry:
         not. Libraries whose arrays cannot be written in place answer True."""
         return True
 
+    def memory_of(self, array):
+        """A key of the memory `array` views: two arrays that may share elements have equal keys
+        (libraries whose arrays cannot be written in place: the array itself, by identity)."""
+        return id(array)
+
     def synchronize(self, arrays=()) -> None:
         """Wait until queued work on `arrays` (or the device) is done: for timing."""
 
@@ -235,7 +240,10 @@ class NumPyBackend(BackendEntry):
         return np.asarray(array)
 
     def writable(self, array) -> bool:
-        return array.base is None or (array.flags.writeable and _no_shared_elements(array.strides, array.shape))
+        return array.flags.writeable and (array.base is None or _no_shared_elements(array.strides, array.shape))
+
+    def memory_of(self, array):
+        return id(array if array.base is None else array.base)  # NumPy's `base` is the owner of the memory
 
 
 class ArrayApiStrictBackend(BackendEntry):
@@ -255,6 +263,9 @@ class ArrayApiStrictBackend(BackendEntry):
 
     def writable(self, array) -> bool:
         return NumPyBackend.writable(self, self.to_host(array))  # a view of the same memory, its flags
+
+    def memory_of(self, array):
+        return self.to_host(array).__array_interface__["data"][0]  # its host view's base is a new capsule
 
 
 class TorchBackend(BackendEntry):
@@ -298,6 +309,9 @@ class TorchBackend(BackendEntry):
 
     def writable(self, array) -> bool:
         return _no_shared_elements(array.stride(), array.shape)
+
+    def memory_of(self, array):
+        return array.untyped_storage().data_ptr()
 
     def synchronize(self, arrays=()) -> None:
         import torch
@@ -426,6 +440,9 @@ class CuPyBackend(BackendEntry):
 
     def writable(self, array) -> bool:
         return _no_shared_elements(array.strides, array.shape)
+
+    def memory_of(self, array):
+        return array.data.mem.ptr  # the allocation's start, whatever offset this view has
 
     def readable(self, array) -> bool:
         return False

@@ -22,6 +22,7 @@ import os
 import re
 import stat
 import tempfile
+import threading
 from pathlib import Path
 
 try:
@@ -31,8 +32,10 @@ except ImportError:  # Windows: no locks, so no cleaning of leftovers
 
 MAX_DEFLATE_RATIO = 1032  # no deflate stream (gzip, zip) expands more: 258-byte matches of 2 bits each
 
-# this process's temporary files being written: on NFS a lock never excludes its own process
+# this process's temporary files being written: on NFS a lock never excludes its own process;
+# _CLAIMING makes "clean up, then make and register a new one" one step among this process's threads
 _WRITING: set[str] = set()
+_CLAIMING = threading.Lock()
 
 
 def _umask() -> int:
@@ -139,11 +142,12 @@ def atomic_write(path, write, verify=None) -> None:
     same target."""
     target = _resolved(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    if fcntl is not None:
-        _remove_stale(target)
     mode = _mode(target)
-    handle, partial = _new_temporary(target)
-    _WRITING.add(os.path.abspath(partial))
+    with _CLAIMING:
+        if fcntl is not None:
+            _remove_stale(target)
+        handle, partial = _new_temporary(target)
+        _WRITING.add(os.path.abspath(partial))
     try:
         with os.fdopen(handle, "wb") as f:  # open, so locked, until it is renamed
             write(f)

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import struct
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -240,15 +241,30 @@ def _with_state(callbacks) -> list:
 
 
 def _metadata(path, meta) -> dict:
-    """A checkpoint's metadata, with every field that loading reads present."""
+    """A checkpoint's metadata, with every field that loading reads present and of its type."""
     try:
         meta = json.loads(str(meta))
-        [meta["optimizer"][field] for field in ("type", "hyper", "count")]
-        [meta[field] for field in ("epoch", "rng_state", "history")]
-        [(entry["type"], dict(entry["values"])) for entry in meta.get("callbacks", [])]
+        optimizer, callbacks, history = meta["optimizer"], meta.get("callbacks", []), meta["history"]
+        fields = {
+            "epoch": _is_count(meta["epoch"]),
+            "optimizer type": isinstance(optimizer["type"], str),
+            "optimizer hyper-parameters": isinstance(optimizer["hyper"], dict),
+            "optimizer parameter count": _is_count(optimizer["count"]),
+            "history": isinstance(history, list) and all(isinstance(record, dict) for record in history),
+            "callbacks": isinstance(callbacks, list)
+            and all(isinstance(e["type"], str) and isinstance(e["values"], dict) for e in callbacks),
+            "random state": "rng_state" in meta,
+        }
     except (ValueError, KeyError, TypeError) as error:  # not JSON, a field missing, not a dict
         raise FileFormatError(f"{path}: not a readable backprop checkpoint (metadata: {error!r})") from None
+    bad = [field for field, valid in fields.items() if not valid]
+    if bad:
+        raise FileFormatError(f"{path}: not a readable backprop checkpoint (metadata: a malformed {bad[0]})")
     return meta
+
+
+def _is_count(value) -> bool:
+    return type(value) is int and value >= 0
 
 
 def load_checkpoint(path, model, optimizer, callbacks=()) -> dict:
@@ -256,14 +272,17 @@ def load_checkpoint(path, model, optimizer, callbacks=()) -> dict:
     metadata (epoch, history, ...). Everything is checked before anything changes: a checkpoint
     that does not fit leaves the model, optimizer, callbacks and random state as they were."""
     arrays = _load_arrays(path, lambda headers: _check_checkpoint_headers(path, model, optimizer, headers))
-    if "meta" not in arrays:
-        raise FileFormatError(f"{path}: not a backprop checkpoint (no metadata)")
     meta = _metadata(path, arrays["meta"])
     if meta["optimizer"]["type"] != type(optimizer).__name__:
         raise FileFormatError(
             f"{path}: checkpoint holds a {meta['optimizer']['type']} state, not {type(optimizer).__name__}"
         )
-    states = [{} for _ in range(meta["optimizer"]["count"])]
+    if meta["optimizer"]["count"] != len(optimizer.params):
+        raise FileFormatError(
+            f"{path}: does not fit this training run: it holds optimizer state for {meta['optimizer']['count']} "
+            f"parameters, {type(optimizer).__name__} has {len(optimizer.params)}"
+        )
+    states = [{} for _ in optimizer.params]
     for key, value in arrays.items():
         if key.startswith("optimizer/"):
             _, i, name = key.split("/", 2)
@@ -274,7 +293,7 @@ def load_checkpoint(path, model, optimizer, callbacks=()) -> dict:
     try:
         weights = model.check_state_dict(model_state)
         optimizer_state = optimizer.check_state_dict({"hyper": meta["optimizer"]["hyper"], "state": states})
-        callback_states = _check_callbacks(arrays, meta.get("callbacks", []), _with_state(callbacks))
+        callback_states = _check_callbacks(path, arrays, meta.get("callbacks"), _with_state(callbacks))
     except UserError as error:
         raise FileFormatError(f"{path}: does not fit this training run: {error}") from None
     try:
@@ -309,7 +328,7 @@ def _check_checkpoint_headers(path, model, optimizer, headers: dict) -> None:
 def _check_state_header(path, optimizer, key: str, shape: tuple, dtype) -> None:
     index, _, name = key.partition("/")
     params, kind = optimizer.params, type(optimizer).__name__
-    if not index.isdigit() or int(index) >= len(params):
+    if not index.isdigit() or int(index) >= len(params) or not name:
         raise FileFormatError(f"{path}: optimizer state 'optimizer/{key}' for none of its {len(params)} parameters")
     expected = params[int(index)].shape
     if shape != expected or dtype.kind != "f":
@@ -319,8 +338,14 @@ def _check_state_header(path, optimizer, key: str, shape: tuple, dtype) -> None:
         )
 
 
-def _check_callbacks(arrays: dict, saved: list, callbacks: list) -> list:
-    """(callback, state) pairs for the callbacks with state, which must be the saved ones, in order."""
+def _check_callbacks(path, arrays: dict, saved: list | None, callbacks: list) -> list:
+    """(callback, state) pairs for the callbacks with state, which must be the saved ones, in order.
+    A checkpoint from before callbacks were saved (no entry) restores none, with a warning."""
+    if saved is None:
+        if callbacks:
+            warnings.warn(f"{path} holds no callback state (an older checkpoint): "
+                          f"{', '.join(type(c).__name__ for c in callbacks)} start afresh", stacklevel=4)  # fmt: skip
+        return []
     names = [type(callback).__name__ for callback in callbacks]
     if [entry["type"] for entry in saved] != names:
         raise ConfigError(f"it holds the state of callbacks {[e['type'] for e in saved]}, this run has {names}")

@@ -345,6 +345,11 @@ class Sequential(Module):
                 raise TypeError(f"Sequential: item {i} is a {type(layer).__name__}, not a Module")
         self.layers = _Layers(layers)
 
+    def __setattr__(self, name: str, value) -> None:
+        if name == "layers" and not isinstance(value, _Layers):
+            value = _Layers(value)  # a copy whose edits are noted (backprop.changes), as the first one
+        super().__setattr__(name, value)
+
     def children(self):
         for i, layer in enumerate(self.layers):
             yield str(i), layer
@@ -360,10 +365,10 @@ class Sequential(Module):
     def _plan(self) -> tuple:
         """((layer, fused activation or None), ...) for the current layers, made again only after
         a change (backprop.changes) anywhere."""
-        plan = vars(self).get("_planned")
+        plan = vars(self).get(_PLAN)
         if plan is None or plan[0] != changes.count:
             plan = changes.count, _fusion_plan(self.layers)
-            object.__setattr__(self, "_planned", plan)  # a cache, not a change
+            object.__setattr__(self, _PLAN, plan)  # a cache, not a change (and not in `structure`)
         return plan[1]
 
     def __getitem__(self, i):
@@ -387,9 +392,26 @@ def structure(module: Module) -> tuple:
     step checks when backprop.changes moved."""
     paths = {id(m): name for name, m in module.named_modules()}
     return tuple(
-        (name, type(m), m.training, tuple([(key, _setting(value, paths)) for key, value in vars(m).items()]))
+        (name, type(m), m.training, tuple([(k, _setting(v, paths)) for k, v in vars(m).items() if k != _PLAN]))
         for name, m in module.named_modules()
     )
+
+
+_PLAN = "_planned"  # where a Sequential caches its fusion plan
+
+
+def structure_difference(old: tuple, new: tuple) -> str:
+    """Where two `structure`s first differ, in words: "LeakyReLU '1' attribute 'negative_slope' changes"."""
+    for (name, kind, mode, settings), (new_name, new_kind, new_mode, new_settings) in zip(old, new, strict=False):
+        where = f"{kind.__name__} {name!r}" if name else f"the model ({kind.__name__})"
+        if (name, kind) != (new_name, new_kind):
+            return f"the module at {name or new_name!r} changes"
+        if mode != new_mode:
+            return f"{where} switches between train and eval mode"
+        if settings != new_settings:
+            keys = [key for key, value in settings if (key, value) not in new_settings] or ["(added)"]
+            return f"{where} attribute {keys[0]!r} changes"
+    return "modules are added or removed"
 
 
 def _setting(value, paths: dict):

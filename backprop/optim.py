@@ -27,10 +27,13 @@ from backprop.tensor import Tensor, mark_written
 
 class _Noted:
     """A hyper-parameter attribute whose every assignment is noted (backprop.changes): a captured
-    step holds it fixed. It defines no `__get__`, so reading it stays a plain attribute lookup."""
+    step holds it fixed. It defines no `__get__`, so reading it stays a plain attribute lookup of
+    the instance's value; a class-level default is put there when the optimizer is made."""
 
-    def __init__(self, name: str):
-        self.name = name
+    _none = object()
+
+    def __init__(self, name: str, default=_none):
+        self.name, self.default = name, default
 
     def __set__(self, optimizer, value) -> None:
         optimizer.__dict__[self.name] = value
@@ -50,12 +53,16 @@ class Optimizer:
     """
 
     hyperparameters: tuple[str, ...] = ()
-    state_keys: tuple[str, ...] = ()  # the names of a parameter's state arrays (a checkpoint may hold no others)
+    state_keys: tuple[str, ...] | None = None  # a parameter's state names (None: any; a load holds no others)
 
     def __init__(self, params, lr: float):
         self.params = list(params)
         if not self.params:
             raise ConfigError(f"{type(self).__name__} got no parameters to optimize")
+        for name in self.hyperparameters:  # class-level defaults, as instance values
+            default = getattr(type(self), name).default
+            if default is not _Noted._none and name not in vars(self):
+                vars(self)[name] = default
         self.lr = _hyperparameter("learning rate", lr, positive=True)
         self.state: list[dict] = [{} for _ in self.params]
         self.steps = 0
@@ -64,8 +71,9 @@ class Optimizer:
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         for name in cls.hyperparameters:
-            if not isinstance(cls.__dict__.get(name), _Noted):
-                setattr(cls, name, _Noted(name))
+            value = getattr(cls, name, _Noted._none)  # a class default, a parent's _Noted, or none
+            if not isinstance(value, _Noted):
+                setattr(cls, name, _Noted(name, value))
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -137,8 +145,10 @@ class Optimizer:
 
     def state_dict(self) -> dict:
         """Hyper-parameters, step count and per-parameter state (host NumPy arrays)."""
-        hyper = {k: v for k, v in vars(self).items() if isinstance(v, (int, float, bool))}
-        return {"hyper": hyper, "state": [{k: to_numpy(v) for k, v in s.items()} for s in self.state]}
+        return {"hyper": self._hyper(), "state": [{k: to_numpy(v) for k, v in s.items()} for s in self.state]}
+
+    def _hyper(self) -> dict:
+        return {k: v for k, v in vars(self).items() if isinstance(v, (int, float, bool))}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore what `state_dict` gave; nothing changes unless all of it is valid."""
@@ -150,9 +160,11 @@ class Optimizer:
         and converted for `apply_state`, without changing anything."""
         name = type(self).__name__
         hyper, states = state_dict["hyper"], state_dict["state"]
+        if not isinstance(hyper, dict) or not isinstance(states, (list, tuple)):
+            raise ConfigError(f"{name} state must hold a dict of hyper-parameters and a list of states")
         if len(states) != len(self.params):
             raise ConfigError(f"{name} state for {len(states)} parameters, but {len(self.params)} given")
-        own = self.state_dict()["hyper"]
+        own = self._hyper()
         for key, value in hyper.items():
             if key not in own:
                 raise ConfigError(f"{name} has no hyper-parameter {key!r} (it has {sorted(own)})")
@@ -161,7 +173,7 @@ class Optimizer:
         for i, (p, saved) in enumerate(zip(self.params, states, strict=True)):
             arrays = {}
             for key, array in saved.items():
-                if key not in self.state_keys:
+                if self.state_keys is not None and key not in self.state_keys:
                     raise ConfigError(f"{name} keeps no state {key!r} (only {list(self.state_keys)}), parameter {i}")
                 array = to_numpy(array)
                 if array.shape != p.shape or array.dtype.kind != "f":
@@ -192,19 +204,20 @@ def _check_loaded(key: str, value, kind: type) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"the step count must be a whole number >= 0, got {value!r}")
     else:
-        _hyperparameter(key, value, positive=key == "lr", below_one=key.startswith("beta"))
+        known = key in ("lr", "momentum", "dampening", "weight_decay", "eps") or key.startswith("beta")
+        _hyperparameter(key, value, positive=key == "lr", below_one=key.startswith("beta"), nonnegative=known)
 
 
-def _hyperparameter(name: str, value, positive: bool = False, below_one: bool = False) -> float:
-    """`value` as a float, checked: a finite real number, >= 0 (> 0 if `positive`, < 1 if `below_one`);
-    else a ConfigError naming it."""
+def _hyperparameter(name: str, value, positive=False, below_one=False, nonnegative=True) -> float:
+    """`value` as a float, checked: a finite real number, >= 0 if `nonnegative` (> 0 if `positive`,
+    < 1 if `below_one`); else a ConfigError naming it."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(value):
         raise ConfigError(f"{name} must be finite, got {value}")
     if positive and value <= 0:
         raise ConfigError(f"{name} must be positive, got {value}")
-    if value < 0:
+    if nonnegative and value < 0:
         raise ConfigError(f"{name} must be >= 0, got {value}")
     if below_one and value >= 1:
         raise ConfigError(f"{name} must be below 1, got {value}")

@@ -54,7 +54,6 @@ class TracedReplay:
     def __init__(self, function, program, layout, numbers: NumberTable, mode: str):
         self.function, self.program, self.layout, self.numbers = function, program, layout, numbers
         self.mode, self.verified = mode, False
-        self.fingerprint = None  # what the step looked like when recorded (StepFunction.fingerprint)
 
     @classmethod
     def record(cls, function, x, y, entry):
@@ -101,7 +100,6 @@ class GraphReplay:
 
     def __init__(self, function, numbers_now: dict, x, y, capture):
         self.function, self.verified = function, False
-        self.fingerprint = None  # what the step looked like when recorded (StepFunction.fingerprint)
         self.numbers = NumberTable(numbers_now, function.params, function.xp)
         self.layout = layout = function.layout(len(self.numbers))
         self.buffers = function.state()  # the graph's parameters and optimizer state

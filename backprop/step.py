@@ -67,11 +67,12 @@ import numpy as np
 from backprop import changes
 from backprop.backend import copy_array, get_rng_state, namespace_of, set_rng_state, to_numpy
 from backprop.backends import backend_of
-from backprop.nn import structure
+from backprop.nn import structure, structure_difference
 from backprop.replay import GraphReplay, NumberTable, TracedReplay
 from backprop.tensor import Tensor
 
 MAX_CAPTURES = 8  # input shapes (and settings) captured per TrainStep; further ones run eagerly
+MAX_REPLANS = 4  # plans made anew without a replay in between, before a step stops capturing
 
 
 class CaptureWarning(UserWarning):
@@ -277,6 +278,8 @@ class TrainStep:
         self._changes = -1  # backprop.changes.count then
         self._state = None  # the state arrays the last call left behind
         self._trains = ()  # each parameter's requires_grad
+        self._fingerprint = None  # the step's fingerprint when last looked at
+        self._replans = 0  # plans made anew since the last replay
 
     params = property(lambda self: self.function.params)
     model = property(lambda self: self.function.model, lambda self, value: self._replan(model=value))
@@ -291,6 +294,7 @@ class TrainStep:
         self._captures.clear()
         self._warmed.clear()
         self._state = None
+        self._fingerprint = None
 
     def __call__(self, inputs, targets):
         x = inputs.data if isinstance(inputs, Tensor) else inputs
@@ -306,7 +310,7 @@ class TrainStep:
         replay = self._captures.get(key)
         if replay is not None and replay.verified:
             loss, out = replay(x, y, state)
-            self.mode, self._state = replay.mode, function.installed
+            self.mode, self._state, self._replans = replay.mode, function.installed, 0
             return loss, out
         if replay is not None:
             loss, out = self._verify(replay, x, y)
@@ -316,16 +320,25 @@ class TrainStep:
         else:
             loss, out = self._record(key, x, y)
         self._state = function.state()
+        if len(self._state) != len(state) and self.capture:  # the optimizer made its state: the
+            self._fingerprint = function.fingerprint(self._state)  # step's own change, not the user's
         return loss, out
 
     def _check_fingerprint(self, state: list) -> list:
         """Something changed (backprop.changes moved, a `requires_grad` flag, a state array): if
-        the step's fingerprint is not the one a capture was recorded with, everything captured is
-        dropped and the step planned anew. The (possibly new) state."""
+        the step's fingerprint is not the one last seen, everything captured (or warmed up) is
+        dropped and the step planned anew. Something that changes at every call (a counter a
+        module keeps in `forward`) ends capturing, with a CaptureWarning naming it. The (possibly
+        new) state."""
         fingerprint = self.function.fingerprint(state)
-        if any(replay.fingerprint != fingerprint for replay in self._captures.values()):
+        if self._fingerprint is not None and fingerprint != self._fingerprint:
+            self._replans += 1
+            if self._replans > MAX_REPLANS:
+                self._give_up(f"{_difference(self._fingerprint, fingerprint)} at every call")
             self._replan()
             state = self.function.state()
+            fingerprint = self.function.fingerprint(state)
+        self._fingerprint = fingerprint
         self._changes, self._trains = changes.count, tuple(map(_requires_grad, self.function.params))
         return state
 
@@ -336,7 +349,6 @@ class TrainStep:
     def _record(self, key, x, y):
         """Capture the step for `key` (this call's step happens on the way); eager if it cannot."""
         function = self.function
-        fingerprint = function.fingerprint(function.state())  # what the replays will be checked against
         snapshot = function.snapshot()
         entry = backend_of(function.xp)
         try:
@@ -348,7 +360,6 @@ class TrainStep:
             results = self._eager(x, y)  # if the step itself fails, that error is the one to see
             self._give_up(f"the step could not be captured: {error}")
             return results
-        replay.fingerprint = fingerprint
         self._captures[key] = replay
         self.mode = replay.recording_mode
         return results
@@ -404,6 +415,18 @@ _requires_grad = operator.attrgetter("requires_grad")
 def _same_arrays(arrays: list, others: list | None) -> bool:
     """Whether two lists hold the same array objects (not merely equal ones)."""
     return others is not None and len(arrays) == len(others) and all(map(operator.is_, arrays, others))
+
+
+def _difference(old: tuple, new: tuple) -> str:
+    """What differs between two `StepFunction.fingerprint`s, in words."""
+    model, trains, hyper, names, arrays = (a != b for a, b in zip(old, new, strict=True))
+    if model:
+        return structure_difference(old[0], new[0])
+    if trains:
+        return "which parameters require a gradient changes"
+    if hyper:
+        return "an optimizer hyper-parameter changes"
+    return "the optimizer's state changes" if names else "a parameter or state shape or dtype changes"
 
 
 def _first_mismatch(replayed: list, eager: list) -> str | None:

@@ -101,18 +101,21 @@ class Tensor:
 
 def _hand_over(grads: dict, tensors, given) -> None:
     """Make the gradients in `grads` of `tensors` safe to hand to users: each its own writable
-    array (an op's backward may give two inputs one array, or a read-only broadcast view; `given`
-    is the caller's upstream gradient, never handed back)."""
-    seen = {id(given.data if isinstance(given, Tensor) else given)} if given is not None else set()
-    entry = None
+    array (an op's backward may give two inputs one array or views of one, or a read-only
+    broadcast view; `given` is the caller's upstream gradient, never handed back)."""
+    tensors = [t for t in tensors if grads.get(id(t)) is not None]
+    if not tensors:
+        return
+    entry = backend_of(tensors[0].xp)
+    given = given.data if isinstance(given, Tensor) else given
+    seen = {entry.memory_of(given)} if given is not None else set()  # memory, not ids: views share it
     for tensor in tensors:
-        g = grads.get(id(tensor))
-        if g is None:
-            continue
-        entry = entry or backend_of(tensor.xp)
-        if id(g) in seen or not entry.writable(g):
+        g = grads[id(tensor)]
+        memory = entry.memory_of(g)
+        if memory in seen or not entry.writable(g):
             grads[id(tensor)] = g = copy_array(g)
-        seen.add(id(g))
+            memory = entry.memory_of(g)
+        seen.add(memory)
 
 
 def _is_float_data(data) -> bool:

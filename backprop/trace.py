@@ -462,6 +462,9 @@ class _TracedEntry:
     def writable(self, array) -> bool:
         return True  # a replay's gradients are arrays it computes, never a caller's view
 
+    def memory_of(self, array):
+        return id(array)  # a stand-in: the replay's arrays are made anew by each call
+
     def to_host(self, array):
         array._read()
 

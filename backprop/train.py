@@ -67,7 +67,7 @@ class EarlyStopping:
             raise KeyError(f"EarlyStopping monitors {self.monitor!r}, but the epoch reported {sorted(record)}")
         score = self.sign * record[self.monitor]
         if score > self.best + self.min_delta:
-            self.best, self.waited = score, 0
+            self.best, self.waited, self.stopped = score, 0, False  # an object used again goes on
             if self.restore_best and model is not None:
                 self.best_state = {k: to_numpy(v).copy() for k, v in model.state_dict().items()}
             return False

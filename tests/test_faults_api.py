@@ -97,13 +97,13 @@ def test_a_diverging_run_ends_with_an_error_not_at_chance_with_exit_0(tmp_path):
     assert "final:" not in result.stdout
 
 
-def test_the_divergence_guard_names_a_non_finite_validation_loss():
+def test_the_divergence_guard_stops_a_loss_that_rose_tenfold():
     from backprop.cli import _DivergenceGuard
 
     guard = _DivergenceGuard(initial_loss=2.3)
-    assert guard.on_epoch_end(None, {"epoch": 2, "loss": 1.1, "val_loss": 0.9}) is False
-    with pytest.raises(DivergedError, match="the validation loss became nan in epoch 3: training diverged"):
-        guard.on_epoch_end(None, {"epoch": 3, "loss": 1.0, "val_loss": math.nan})
+    assert guard.on_epoch_end(None, {"epoch": 2, "loss": 22.9, "val_loss": math.nan}) is False  # nan: fit's
+    with pytest.raises(DivergedError, match=r"rose from 2.3 \(untrained\) to 23.1 in epoch 3: training diverged"):
+        guard.on_epoch_end(None, {"epoch": 3, "loss": 23.1})
 
 
 def test_resuming_a_run_that_has_all_its_epochs_says_there_is_nothing_to_do(tmp_path, capsys):
@@ -312,3 +312,45 @@ def test_evaluate_and_predict_give_every_module_its_own_mode_back():
     model.eval()
     bp.evaluate(model, bp.losses.cross_entropy, (x, y))
     assert not any(m.training for _, m in model.named_modules())
+
+
+class _Scaled(bp.optim.SGD):
+    """A user's optimizer with a class-level default hyper-parameter."""
+
+    hyperparameters = ("scale",)
+    scale = 0.5
+
+    def _delta(self, p, grad, state, numbers):
+        return numbers["lr"] * self.scale * grad
+
+
+class _Squares(bp.optim.Optimizer):
+    """A user's optimizer with state of its own name and a negative hyper-parameter."""
+
+    hyperparameters = ("offset",)
+
+    def __init__(self, params, lr):
+        super().__init__(params, lr)
+        self.offset = -1.0
+
+    def _delta(self, p, grad, state, numbers):
+        state["squares"] = grad * grad
+        return numbers["lr"] * grad
+
+
+def test_user_optimizers_keep_class_defaults_and_load_their_own_state():
+    from backprop import changes
+
+    w = bp.nn.Parameter(bp.tensor([1.0, -2.0], dtype="float64").data)
+    opt = _Scaled([w], lr=1.0)
+    (w * w).sum().backward()
+    opt.step()
+    np.testing.assert_array_equal(w.numpy(), [0.0, 0.0], strict=True)  # 1 - 1.0 * 0.5 * 2
+    before = changes.count
+    opt.scale = 0.25
+    assert changes.count > before and opt.state_dict()["hyper"]["scale"] == 0.25
+    other = _Squares([w], lr=0.1)
+    (w * w + w).sum().backward()
+    other.step()
+    other.load_state_dict(other.state_dict())
+    assert other.offset == -1.0 and set(other.state[0]) == {"squares"}

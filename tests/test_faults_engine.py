@@ -30,6 +30,24 @@ def test_the_upstream_gradient_is_not_handed_back_as_a_leafs_gradient():
     np.testing.assert_array_equal(g, [1.0, -2.0], strict=True)
 
 
+def test_gradients_that_are_views_of_one_array_are_handed_over_as_arrays_of_their_own(backend):
+    """reshape's backward gives a view of its upstream gradient: two leaves, or a leaf and the
+    caller's gradient, must not end up sharing memory."""
+    if not bp.get_backend().entry.mutable:
+        pytest.skip(f"{backend}'s arrays are immutable: nothing can be written through a view")
+    xp = bp.get_backend().xp
+    zero = xp.asarray(0.0, dtype=xp.float64)
+    x = bp.tensor(np.arange(6.0).reshape(2, 3), dtype="float64", requires_grad=True)
+    given = bp.tensor(np.ones(6), dtype="float64").data
+    x.reshape((6,)).backward(given)
+    x.grad[...] = zero
+    assert float(xp.sum(given)) == 6.0  # the caller's array is untouched
+    a, b = (bp.tensor(np.ones((2, 3)), dtype="float64", requires_grad=True) for _ in range(2))
+    ((a.reshape((6,)) + b.reshape((6,))) * bp.tensor(np.arange(6.0), dtype="float64")).sum().backward()
+    a.grad[...] = zero
+    assert float(xp.sum(b.grad)) == 15.0
+
+
 def test_a_backward_after_an_optimizer_step_changed_its_inputs_in_place_is_refused():
     bp.manual_seed(0)
     model = bp.nn.mlp([3, 4, 2], "tanh", dtype="float64")

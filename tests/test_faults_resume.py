@@ -99,6 +99,14 @@ def _put(key, value):
         (lambda arrays, meta: arrays.pop("model/2.bias"), r"missing \['2.bias'\]"),
         (_put("model/2.bias", lambda arrays: np.zeros(3)), "'2.bias': state dict has shape (3,)"),
         (_set("callbacks", [{"type": "EarlyStopping", "values": {}}]), "callbacks ['EarlyStopping'], this run has []"),
+        (_set("epoch", "1"), "metadata: a malformed epoch"),
+        (_set("epoch", 1.5), "metadata: a malformed epoch"),
+        (_set("history", 5), "metadata: a malformed history"),
+        (_set("optimizer.count", "2"), "metadata: a malformed optimizer parameter count"),
+        (_set("optimizer.count", 10**12), "optimizer state for 1000000000000 parameters, Adam has 4"),
+        (_set("optimizer.hyper", [1]), "metadata: a malformed optimizer hyper-parameters"),
+        (_set("callbacks", {"type": "EarlyStopping"}), "metadata: a malformed callbacks"),
+        (_put("optimizer/0", lambda arrays: arrays["optimizer/0/m"]), "'optimizer/0' for none of its 4 parameters"),
     ],
 )  # fmt: skip
 def test_a_checkpoint_that_does_not_fit_changes_nothing(tmp_path, change, message):
@@ -132,3 +140,25 @@ def test_a_checkpoint_of_another_optimizer_or_callbacks_is_refused_by_name(tmp_p
         bp.io.load_checkpoint(path, model, bp.optim.SGD(model.parameters(), 0.1))
     with pytest.raises(FileFormatError, match=r"callbacks \[\], this run has \['EarlyStopping'\]"):
         bp.io.load_checkpoint(path, model, bp.optim.Adam(model.parameters()), [bp.train.EarlyStopping()])
+
+
+def test_a_checkpoint_from_before_callbacks_were_saved_resumes_with_fresh_callbacks(tmp_path):
+    path = _checkpoint(tmp_path)
+    _rewrite(path, lambda arrays, meta: meta.pop("callbacks"))
+    model = _model()
+    stopping = bp.train.EarlyStopping()
+    with pytest.warns(UserWarning, match="holds no callback state .an older checkpoint.: EarlyStopping start afresh"):
+        meta = bp.io.load_checkpoint(path, model, bp.optim.Adam(model.parameters(), 0.01), [stopping])
+    assert meta["epoch"] == 2 and stopping.state_dict()["waited"] == 0
+
+
+def test_fit_refuses_a_malformed_checkpoint_before_changing_the_model(tmp_path):
+    path = _checkpoint(tmp_path)
+    _rewrite(path, _set("epoch", "1"))
+    model = _model()
+    before = [p.numpy().copy() for p in model.parameters()]
+    with pytest.raises(FileFormatError, match="a malformed epoch"):
+        bp.fit(model, bp.losses.cross_entropy, bp.optim.Adam(model.parameters(), 0.01), _data(), 3, 16,
+               progress=False, resume=path)  # fmt: skip
+    for p, b in zip(model.parameters(), before, strict=True):
+        np.testing.assert_array_equal(p.numpy(), b, strict=True)

@@ -209,3 +209,54 @@ def test_the_guard_walks_the_model_only_after_a_change(monkeypatch):
         counts.append(len(walks))
     assert counts[5:9] == [counts[4]] * 4, counts  # replays: no walk
     assert counts[9] > counts[8], counts  # the change: walked, planned anew
+
+
+def test_a_change_during_warm_up_is_planned_anew(backend):
+    """Before anything is captured, a replaced layer must still reach the step's parameter list."""
+    replace = {1: lambda model, opt, step: model.__setitem__(3, bp.nn.Linear(5, 4, dtype="float64"))}
+    modes = _same_as_eager(replace)
+    assert set(modes[-4:]) <= CAPTURED_MODES, modes
+
+
+def test_validation_between_epochs_does_not_drop_the_captures():
+    """evaluate() switches modes and runs the model: nothing the step depends on has changed."""
+    recordings = []
+    record = bp.step.TrainStep._record
+    x, y = bp.data.spirals(60, seed=1)
+    bp.manual_seed(0)
+    model = bp.nn.mlp([2, 8, 3], "tanh")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bp.step.TrainStep, "_record", lambda self, *a: recordings.append(a[0]) or record(self, *a))
+        bp.fit(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), 0.1), (x, y), 4, 16,
+               validation=(x, y), capture=True, progress=False)  # fmt: skip
+    assert len(recordings) == len(set(recordings)), recordings  # each batch shape recorded once
+
+
+def test_a_layer_list_assigned_as_a_plain_list_still_notes_its_edits():
+    model = bp.nn.Sequential(bp.nn.Linear(2, 3))
+    model.layers = [bp.nn.Linear(2, 3)]
+    x = bp.tensor(np.ones((1, 2)))
+    assert model(x).shape == (1, 3)
+    model.layers.append(bp.nn.Linear(3, 5))
+    assert model(x).shape == (1, 5)
+
+
+class _Counting(bp.nn.Module):
+    """Counts its calls in an attribute: the step it is in changes at every call."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return x
+
+
+def test_a_module_that_changes_at_every_call_ends_capturing_with_a_reason():
+    bp.manual_seed(0)
+    model = bp.nn.Sequential(bp.nn.Linear(6, 5, dtype="float64"), _Counting(), bp.nn.Linear(5, 4, dtype="float64"))
+    step = bp.TrainStep(model, bp.losses.quadratic_loss, bp.optim.SGD(model.parameters(), lr=0.5))
+    with pytest.warns(bp.CaptureWarning, match="_Counting '1' attribute 'calls' changes at every call"):
+        for x, y in _batches(12):
+            step(x, y)
+    assert step.capture is False and step.mode == "eager" and model[1].calls == 12
