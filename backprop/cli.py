@@ -181,13 +181,34 @@ def check_output(path, check) -> None:
         raise PermissionError(f"{path}: cannot write into {folder} ({error.strerror or error})") from None
 
 
-def _resume_epoch(path) -> int | None:
-    """The epoch of the checkpoint at `path` (None where it is not a readable one: loading says why)."""
+def _resume_metadata(path) -> dict | None:
+    """The metadata of the checkpoint at `path` (None where it is not a readable one: loading says why)."""
     try:
-        arrays = bp.io._load_arrays(path)
-        return int(bp.io._metadata(path, arrays["meta"])["epoch"])
-    except (UserError, OSError, KeyError, TypeError, ValueError):
+        return bp.io.checkpoint_metadata(path)
+    except (UserError, OSError):
         return None
+
+
+def _check_distinct_files(args) -> None:
+    """--save, --checkpoint, --resume and --plot name different files, except --checkpoint and
+    --resume (a run continued in place): the weights must not overwrite a checkpoint."""
+    files = {"--save": args.save, "--checkpoint": args.checkpoint, "--resume": args.resume, "--plot": args.plot}
+    given = [(option, Path(path).resolve()) for option, path in files.items() if path]
+    for i, (option, path) in enumerate(given):
+        for other, other_path in given[i + 1 :]:
+            if path == other_path and {option, other} != {"--checkpoint", "--resume"}:
+                raise ConfigError(f"{option} and {other} name the same file {files[option]}; give two files")
+
+
+def _check_resumed_settings(args, meta: dict) -> None:
+    """--lr and --momentum, when given with --resume, must be the checkpoint's (which wins)."""
+    hyper = meta["optimizer"]["hyper"]
+    for option, given, name in (("--lr", args.lr, "lr"), ("--momentum", args.momentum, "momentum")):
+        if given is not None and name in hyper and hyper[name] != given:
+            raise ConfigError(
+                f"{option} {given}: the checkpoint {args.resume} continues with {name} {hyper[name]}; "
+                f"leave {option} out, or start a new run"
+            )
 
 
 def check_options(args) -> None:
@@ -197,7 +218,10 @@ def check_options(args) -> None:
     if args.data_dir is not None and args.dataset not in ("mnist", "fashion-mnist"):
         raise ConfigError(f"--data-dir applies to mnist and fashion-mnist; {args.dataset} needs no files")
     if args.resume is not None:
-        epoch = _resume_epoch(args.resume)
+        meta = _resume_metadata(args.resume)
+        epoch = None if meta is None else meta["epoch"]
+        if meta is not None:
+            _check_resumed_settings(args, meta)
         if epoch is not None and args.epochs <= epoch:
             raise ConfigError(
                 f"--resume {args.resume}: the checkpoint is at epoch {epoch}, so --epochs {args.epochs} "
@@ -243,11 +267,17 @@ class _DivergenceGuard:
         return False
 
 
+def _boundary_plot(plot) -> Path:
+    return Path(plot).with_name(f"{Path(plot).stem}-boundary{Path(plot).suffix}")
+
+
 def train(args) -> int:
+    boundary = _boundary_plot(args.plot) if args.plot and args.dataset == "spirals" else None
     for path, check in ((args.save, bp.io.check_weights_path), (args.checkpoint, bp.io.check_checkpoint_path),
-                        (args.plot, bp.plots.check_plot_path)):  # fmt: skip
+                        (args.plot, bp.plots.check_plot_path), (boundary, bp.plots.check_plot_path)):  # fmt: skip
         if path:  # before any work: a bad path must not cost the training run
             check_output(path, check)
+    _check_distinct_files(args)
     sizes = parse_layers(args.layers, args.dataset)
     check_options(args)
     use_selected_backend(args)
@@ -276,9 +306,8 @@ def train(args) -> int:
         print(f"weights written to {args.save}")
     if args.plot:
         bp.plots.plot_training(history, model, args.plot, title=f"{args.dataset}: {sizes}")
-        if args.dataset == "spirals":
-            plot = Path(args.plot)
-            bp.plots.plot_decision_boundary(model, x, y, plot.with_name(f"{plot.stem}-boundary{plot.suffix}"))
+        if boundary is not None:
+            bp.plots.plot_decision_boundary(model, x, y, boundary)
         print(f"plot written to {args.plot}")
     return 0
 

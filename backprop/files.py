@@ -132,6 +132,8 @@ def check_writable(path) -> None:
     folder = _resolved(path).absolute().parent
     while not folder.exists():
         folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{path}: {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"{path}: cannot write into {folder}")
 

@@ -12,6 +12,7 @@ good file with half of one.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -25,7 +26,7 @@ import numpy as np
 
 from backprop.backend import get_rng_state, set_rng_state, to_numpy
 from backprop.errors import ConfigError, MissingDependency, UserError
-from backprop.files import MAX_DEFLATE_RATIO, atomic_write
+from backprop.files import MAX_DEFLATE_RATIO, atomic_write, check_writable
 
 
 class FileFormatError(UserError, ValueError):
@@ -47,6 +48,9 @@ def check_checkpoint_path(path) -> None:
     """Raise now, before any work, if a checkpoint cannot be saved at `path`."""
     if not str(path).endswith(".npz"):
         raise FileFormatError(f"{path}: checkpoints are .npz files")
+    if Path(path).is_dir():
+        raise FileFormatError(f"{path}: is a folder; give a file name")
+    check_writable(path)
 
 
 def _save_arrays(path, arrays: dict) -> None:
@@ -60,7 +64,7 @@ def _save_arrays(path, arrays: dict) -> None:
         atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def _load_arrays(path, check=None) -> dict:
+def _load_arrays(path, check=None, only=None) -> dict:
     """The arrays of a .npz or .safetensors file, by name. Every array's header is read first and
     checked against the bytes stored for it, then given to `check({name: (shape, dtype)})` (which
     raises to refuse); only then are arrays read. So a file that lies about its shapes never makes
@@ -70,9 +74,9 @@ def _load_arrays(path, check=None) -> dict:
     try:
         with open(path, "rb") as f:
             if str(path).endswith(".safetensors"):
-                return _read_safetensors(path, f, check)
+                return _read_safetensors(path, f, check, only)
             with zipfile.ZipFile(f) as archive:
-                return _read_npz(path, archive, os.fstat(f.fileno()).st_size, check)
+                return _read_npz(path, archive, os.fstat(f.fileno()).st_size, check, only)
     except UserError:
         raise
     except (OSError, EOFError, ValueError, KeyError, TypeError, RuntimeError, NotImplementedError, OverflowError,
@@ -86,7 +90,10 @@ def _unreadable(path, why) -> FileFormatError:
     return FileFormatError(f"{path}: not a readable weights file ({why[:300]})")
 
 
-def _read_npz(path, archive: zipfile.ZipFile, size: int, check) -> dict:
+MAX_NPY_HEADER = 10_000  # NumPy's own limit for a .npy header (np.lib.format's max_header_size)
+
+
+def _read_npz(path, archive: zipfile.ZipFile, size: int, check, only=None) -> dict:
     infos = archive.infolist()
     if sum(info.compress_size for info in infos) > size:
         raise _unreadable(path, "its members overlap")  # how a zip bomb multiplies itself
@@ -104,8 +111,12 @@ def _read_npz(path, archive: zipfile.ZipFile, size: int, check) -> dict:
             version = np.lib.format.read_magic(member)
             if version not in ((1, 0), (2, 0)):
                 raise _unreadable(path, f"array {name!r} is in .npy format {version}, not 1.0 or 2.0")
+            length_bytes = member.read(2 if version == (1, 0) else 4)
+            length = int.from_bytes(length_bytes, "little")
+            if length > MAX_NPY_HEADER:  # NumPy would read it whole before refusing it
+                raise _unreadable(path, f"array {name!r} has a header of {length} bytes")
             header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = header(member)
+            shape, _, dtype = header(io.BytesIO(length_bytes + member.read(length)))
             offset = member.tell()
         nbytes = math.prod(shape) * dtype.itemsize
         if dtype.hasobject or offset + nbytes != info.file_size:
@@ -116,6 +127,8 @@ def _read_npz(path, archive: zipfile.ZipFile, size: int, check) -> dict:
         check({name: (shape, dtype) for name, (_, shape, dtype) in headers.items()})
     arrays = {}
     for name, (info, _, _) in headers.items():
+        if only is not None and name not in only:
+            continue
         with archive.open(info) as member:  # read to its end: the zip's checksum is verified
             arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
     return arrays
@@ -132,7 +145,7 @@ def _unique_names(pairs: list) -> dict:
     return dict(pairs)
 
 
-def _read_safetensors(path, f, check) -> dict:
+def _read_safetensors(path, f, check, only=None) -> dict:
     """The arrays of a safetensors file (8 bytes: the header's length; a JSON header: name -> dtype,
     shape, offsets in the data; the data), read without the safetensors package."""
     size = os.fstat(f.fileno()).st_size
@@ -167,6 +180,8 @@ def _read_safetensors(path, f, check) -> dict:
         check({name: (shape, dtype) for name, (shape, dtype, _) in entries.items()})
     arrays = {}
     for name, (shape, dtype, begin) in entries.items():
+        if only is not None and name not in only:
+            continue
         f.seek(8 + length + begin)
         data = bytearray(math.prod(shape) * dtype.itemsize)
         if f.readinto(data) != len(data):
@@ -255,8 +270,8 @@ def _metadata(path, meta) -> dict:
             and all(isinstance(e["type"], str) and isinstance(e["values"], dict) for e in callbacks),
             "random state": "rng_state" in meta,
         }
-    except (ValueError, KeyError, TypeError) as error:  # not JSON, a field missing, not a dict
-        raise FileFormatError(f"{path}: not a readable backprop checkpoint (metadata: {error!r})") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as error:  # not JSON, a field missing, not a dict
+        raise FileFormatError(f"{path}: not a readable backprop checkpoint (metadata: {error!r:.200})") from None
     bad = [field for field, valid in fields.items() if not valid]
     if bad:
         raise FileFormatError(f"{path}: not a readable backprop checkpoint (metadata: a malformed {bad[0]})")
@@ -265,6 +280,20 @@ def _metadata(path, meta) -> dict:
 
 def _is_count(value) -> bool:
     return type(value) is int and value >= 0
+
+
+def checkpoint_metadata(path) -> dict:
+    """What the checkpoint at `path` says of itself (epoch, history, optimizer type, ...), read
+    without reading its arrays."""
+
+    def check(headers):
+        shape, dtype = headers.get("meta", ((), None))
+        if dtype is None:
+            raise FileFormatError(f"{path}: not a backprop checkpoint (no metadata)")
+        if shape != () or dtype.kind != "U" or dtype.itemsize > MAX_METADATA_BYTES:
+            raise FileFormatError(f"{path}: metadata of {str(dtype):.60} {shape} is not one string of at most 64 MiB")
+
+    return _metadata(path, _load_arrays(path, check, only=("meta",))["meta"])
 
 
 def load_checkpoint(path, model, optimizer, callbacks=()) -> dict:
@@ -293,35 +322,39 @@ def load_checkpoint(path, model, optimizer, callbacks=()) -> dict:
     try:
         weights = model.check_state_dict(model_state)
         optimizer_state = optimizer.check_state_dict({"hyper": meta["optimizer"]["hyper"], "state": states})
-        callback_states = _check_callbacks(path, arrays, meta.get("callbacks"), _with_state(callbacks))
+        callback_states = _check_callbacks(path, arrays, meta.get("callbacks"), _with_state(callbacks), model)
     except UserError as error:
         raise FileFormatError(f"{path}: does not fit this training run: {error}") from None
     try:
         np.random.PCG64().state = meta["rng_state"]  # a random state this generator accepts
-    except (ValueError, TypeError, KeyError) as error:
-        raise FileFormatError(f"{path}: holds a random state that cannot be restored ({error!r})") from None
+    except (ValueError, TypeError, KeyError, OverflowError) as error:
+        raise FileFormatError(f"{path}: holds a random state that cannot be restored ({error!r:.200})") from None
+    for callback, state in callback_states:  # first: a user's callback may check nothing before it loads
+        callback.load_state_dict(state)
     model.apply_state(weights)
     optimizer.apply_state(optimizer_state)
-    for callback, state in callback_states:
-        callback.load_state_dict(state)
     set_rng_state(meta["rng_state"])
     return meta
+
+
+MAX_METADATA_BYTES = 64 << 20  # a checkpoint's JSON: about 300,000 epochs of history
 
 
 def _check_checkpoint_headers(path, model, optimizer, headers: dict) -> None:
     """Refuse, from the headers alone (before any array is read), a checkpoint whose arrays cannot
     fit: the model's weights as in `load_weights`, floating optimizer state of its parameter's
-    shape, numeric callback arrays and the metadata as one string."""
+    shape, callback arrays no larger than the model, and metadata of one string of bounded size."""
     if "meta" not in headers:
         raise FileFormatError(f"{path}: not a backprop checkpoint (no metadata)")
     _check_weights(path, model, {k.removeprefix("model/"): v for k, v in headers.items() if k.startswith("model/")})
+    model_size = sum(math.prod(p.shape) for p in model.parameters())
     for name, (shape, dtype) in headers.items():
         group, _, rest = name.partition("/")
         if group == "optimizer":
             _check_state_header(path, optimizer, rest, shape, dtype)
-        elif group in ("model", "callbacks") and dtype.kind in "biuf":
-            continue  # the model's arrays were checked above
-        elif not (name == "meta" and shape == () and dtype.kind == "U"):
+        elif group == "model" or (group == "callbacks" and dtype.kind in "biuf" and math.prod(shape) <= model_size):
+            continue  # the model's arrays were checked above; a callback keeps at most a copy of the model
+        elif not (name == "meta" and shape == () and dtype.kind == "U" and dtype.itemsize <= MAX_METADATA_BYTES):
             raise FileFormatError(f"{path}: array {name!r} of {str(dtype):.60} {shape} has no place in a checkpoint")
 
 
@@ -338,7 +371,7 @@ def _check_state_header(path, optimizer, key: str, shape: tuple, dtype) -> None:
         )
 
 
-def _check_callbacks(path, arrays: dict, saved: list | None, callbacks: list) -> list:
+def _check_callbacks(path, arrays: dict, saved: list | None, callbacks: list, model) -> list:
     """(callback, state) pairs for the callbacks with state, which must be the saved ones, in order.
     A checkpoint from before callbacks were saved (no entry) restores none, with a warning."""
     if saved is None:
@@ -349,9 +382,18 @@ def _check_callbacks(path, arrays: dict, saved: list | None, callbacks: list) ->
     names = [type(callback).__name__ for callback in callbacks]
     if [entry["type"] for entry in saved] != names:
         raise ConfigError(f"it holds the state of callbacks {[e['type'] for e in saved]}, this run has {names}")
+    strays = [k for k in arrays if k.startswith("callbacks/") and not _callback_index(k, len(saved))]
+    if strays:
+        raise ConfigError(f"array {strays[0]!r} belongs to none of its {len(saved)} callbacks")
     pairs = []
     for i, (callback, entry) in enumerate(zip(callbacks, saved, strict=True)):
         prefix = f"callbacks/{i}/"
         state = {**entry["values"], **{k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)}}
-        pairs.append((callback, callback.check_state_dict(state) if hasattr(callback, "check_state_dict") else state))
+        check = getattr(callback, "check_state_dict", None)
+        pairs.append((callback, state if check is None else check(state, model)))
     return pairs
+
+
+def _callback_index(key: str, count: int) -> bool:
+    index = key.split("/")[1]
+    return index.isdigit() and int(index) < count

@@ -40,6 +40,15 @@ def _sum_over(xp, values, divisor):
     return xp.sum(values) / divisor
 
 
+def _sum_of_squares(xp, diff, divisor):
+    """sum(diff ** 2) / divisor; in float16 the squares are taken in float32 (300 ** 2 overflows
+    float16), the result given back in float16."""
+    if diff.dtype == getattr(xp, "float16", None):
+        wide = xp.astype(diff, xp.float32)
+        return xp.astype(xp.sum(wide * wide) / divisor, diff.dtype)
+    return xp.sum(diff * diff) / divisor
+
+
 def _size(array) -> int:
     count = 1
     for extent in array.shape:
@@ -58,7 +67,7 @@ def quadratic_loss(pred: Tensor, target) -> Tensor:
     _check_same_shape("quadratic_loss", pred, T)
     diff = pred.data - T
     n = pred.shape[0]
-    return result(_sum_over(xp, diff * diff, 2 * n), xp, (pred,), lambda g, needs: (diff * (g / n),))
+    return result(_sum_of_squares(xp, diff, 2 * n), xp, (pred,), lambda g, needs: (diff * (g / n),))
 
 
 def mse_loss(pred: Tensor, target) -> Tensor:
@@ -67,7 +76,7 @@ def mse_loss(pred: Tensor, target) -> Tensor:
     _check_same_shape("mse_loss", pred, T)
     diff = pred.data - T
     count = pred.size
-    return result(_sum_over(xp, diff * diff, count), xp, (pred,), lambda g, needs: (diff * (g * (2 / count)),))
+    return result(_sum_of_squares(xp, diff, count), xp, (pred,), lambda g, needs: (diff * (g * (2 / count)),))
 
 
 def binary_cross_entropy(prob: Tensor, target, eps: float = 1e-12) -> Tensor:

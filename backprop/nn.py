@@ -418,6 +418,8 @@ def _setting(value, paths: dict):
     """What `structure` keeps of one attribute value."""
     if isinstance(value, (bool, int, float, complex, str, bytes, type(None))):
         return value
+    if isinstance(value, np.generic):  # a NumPy scalar is a number a trace keeps as a constant
+        return "scalar", value.item(), str(value.dtype)
     if isinstance(value, Parameter):
         return "parameter", id(value), value.shape, str(value.dtype), value.requires_grad
     if isinstance(value, Module):

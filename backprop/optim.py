@@ -25,19 +25,45 @@ from backprop.errors import ConfigError
 from backprop.tensor import Tensor, mark_written
 
 
-class _Noted:
-    """A hyper-parameter attribute whose every assignment is noted (backprop.changes): a captured
-    step holds it fixed. It defines no `__get__`, so reading it stays a plain attribute lookup of
-    the instance's value; a class-level default is put there when the optimizer is made."""
+class _Setting:
+    """An optimizer setting whose every assignment is checked (the built-in names: `_checked`)
+    and, for a hyper-parameter, noted (backprop.changes: a captured step holds it fixed). It
+    defines no `__get__`, so reading it stays a plain attribute lookup of the instance's value; a
+    class-level default is put there when the optimizer is made."""
 
     _none = object()
 
-    def __init__(self, name: str, default=_none):
-        self.name, self.default = name, default
+    def __init__(self, name: str, default=_none, noted: bool = True):
+        self.name, self.default, self.noted = name, default, noted
 
     def __set__(self, optimizer, value) -> None:
-        optimizer.__dict__[self.name] = value
-        changes.note()
+        optimizer.__dict__[self.name] = _checked(self.name, value)
+        if self.noted:
+            changes.note()
+
+
+_RANGES = {  # name: (how messages call it, its range)
+    "lr": ("learning rate", {"positive": True}),
+    "momentum": ("momentum", {"below_one": True}),
+    "beta1": ("beta1", {"below_one": True}),
+    "beta2": ("beta2", {"below_one": True}),
+    "eps": ("eps", {}),
+    "weight_decay": ("weight_decay", {}),
+    "dampening": ("dampening", {}),
+}
+_FLAGS = ("nesterov", "decoupled")
+
+
+def _checked(name: str, value):
+    """A built-in setting's value, checked (a ConfigError names it); others as they are."""
+    if name in _FLAGS:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be True or False, got {value!r}")
+        return value
+    if name in _RANGES:
+        label, rules = _RANGES[name]
+        return _hyperparameter(label, value, **rules)
+    return value
 
 
 class Optimizer:
@@ -54,6 +80,7 @@ class Optimizer:
 
     hyperparameters: tuple[str, ...] = ()
     state_keys: tuple[str, ...] | None = None  # a parameter's state names (None: any; a load holds no others)
+    lr = _Setting("lr", noted=False)  # a step number: checked, passed to captured steps on every call
 
     def __init__(self, params, lr: float):
         self.params = list(params)
@@ -61,9 +88,9 @@ class Optimizer:
             raise ConfigError(f"{type(self).__name__} got no parameters to optimize")
         for name in self.hyperparameters:  # class-level defaults, as instance values
             default = getattr(type(self), name).default
-            if default is not _Noted._none and name not in vars(self):
+            if default is not _Setting._none and name not in vars(self):
                 vars(self)[name] = default
-        self.lr = _hyperparameter("learning rate", lr, positive=True)
+        self.lr = lr
         self.state: list[dict] = [{} for _ in self.params]
         self.steps = 0
         self._immutable = [not backend_of(p.xp).mutable for p in self.params]  # rebind, never write
@@ -71,9 +98,12 @@ class Optimizer:
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         for name in cls.hyperparameters:
-            value = getattr(cls, name, _Noted._none)  # a class default, a parent's _Noted, or none
-            if not isinstance(value, _Noted):
-                setattr(cls, name, _Noted(name, value))
+            value = getattr(cls, name, _Setting._none)  # a class default, a parent's _Setting, or none
+            if not isinstance(value, _Setting) or not value.noted:
+                setattr(cls, name, _Setting(name, getattr(value, "default", value)))
+
+    def _check_together(self, settings: dict) -> None:
+        """Refuse settings (name: value) that are valid one by one but not together."""
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -169,6 +199,7 @@ class Optimizer:
             if key not in own:
                 raise ConfigError(f"{name} has no hyper-parameter {key!r} (it has {sorted(own)})")
             _check_loaded(key, value, type(own[key]))
+        self._check_together({**own, **hyper})
         converted = []
         for i, (p, saved) in enumerate(zip(self.params, states, strict=True)):
             arrays = {}
@@ -196,16 +227,17 @@ class Optimizer:
 
 
 def _check_loaded(key: str, value, kind: type) -> None:
-    """A loaded hyper-parameter: of its kind (bool, int or float) and in its range."""
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"hyper-parameter {key!r} must be true or false, got {value!r}")
-    elif key == "steps":
+    """A loaded hyper-parameter: of its kind (bool, int or float) and, for a built-in one, in its range."""
+    if key == "steps":
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"the step count must be a whole number >= 0, got {value!r}")
+    elif key in _FLAGS or key in _RANGES:
+        _checked(key, value)
+    elif kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"hyper-parameter {key!r} must be true or false, got {value!r}")
     else:
-        known = key in ("lr", "momentum", "dampening", "weight_decay", "eps") or key.startswith("beta")
-        _hyperparameter(key, value, positive=key == "lr", below_one=key.startswith("beta"), nonnegative=known)
+        _hyperparameter(key, value, nonnegative=False)
 
 
 def _hyperparameter(name: str, value, positive=False, below_one=False, nonnegative=True) -> float:
@@ -234,13 +266,12 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
         super().__init__(params, lr)
-        momentum = _hyperparameter("momentum", momentum, below_one=True)
-        weight_decay = _hyperparameter("weight_decay", weight_decay)
-        if not isinstance(nesterov, bool):
-            raise ConfigError(f"nesterov must be True or False, got {nesterov!r}")
-        if nesterov and momentum <= 0:
+        self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay  # each checked
+        self._check_together(vars(self))
+
+    def _check_together(self, settings: dict) -> None:
+        if settings["nesterov"] and settings["momentum"] <= 0:
             raise ConfigError("Nesterov momentum needs momentum > 0")
-        self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
 
     def _delta(self, p, grad, state, numbers):
         if self.weight_decay:
@@ -259,8 +290,9 @@ class Adam(Optimizer):
     Checked: lr > 0, each beta in [0, 1), eps >= 0 and weight_decay >= 0, all finite (else ConfigError)."""
 
     decoupled = False
-    hyperparameters = ("beta1", "beta2", "weight_decay")
+    hyperparameters = ("beta1", "beta2", "weight_decay", "decoupled")
     state_keys = ("m", "v")
+    eps = _Setting("eps", noted=False)  # a step number (scaled by the bias correction): checked only
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(params, lr)
@@ -268,10 +300,7 @@ class Adam(Optimizer):
             beta1, beta2 = betas
         except (TypeError, ValueError):
             raise ConfigError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
-        self.beta1 = _hyperparameter("beta1", beta1, below_one=True)
-        self.beta2 = _hyperparameter("beta2", beta2, below_one=True)
-        self.eps = _hyperparameter("eps", eps)
-        self.weight_decay = _hyperparameter("weight_decay", weight_decay)
+        self.beta1, self.beta2, self.eps, self.weight_decay = beta1, beta2, eps, weight_decay  # each checked
 
     def numbers(self) -> dict:
         """The learning rate and the bias corrections of step `steps`, folded into two numbers."""

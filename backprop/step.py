@@ -69,7 +69,7 @@ from backprop.backend import copy_array, get_rng_state, namespace_of, set_rng_st
 from backprop.backends import backend_of
 from backprop.nn import structure, structure_difference
 from backprop.replay import GraphReplay, NumberTable, TracedReplay
-from backprop.tensor import Tensor
+from backprop.tensor import Tensor, is_grad_enabled
 
 MAX_CAPTURES = 8  # input shapes (and settings) captured per TrainStep; further ones run eagerly
 MAX_REPLANS = 4  # plans made anew without a replay in between, before a step stops capturing
@@ -299,7 +299,7 @@ class TrainStep:
     def __call__(self, inputs, targets):
         x = inputs.data if isinstance(inputs, Tensor) else inputs
         y = targets.data if isinstance(targets, Tensor) else targets
-        if not self.capture:
+        if not self.capture or not is_grad_enabled():  # under no_grad the eager step says why it cannot
             return self._eager(x, y)
         state = self.function.state()
         trains = tuple(map(_requires_grad, self.function.params))  # a plain slot, so it is read here
@@ -309,7 +309,12 @@ class TrainStep:
         key = function.key(x, y)
         replay = self._captures.get(key)
         if replay is not None and replay.verified:
-            loss, out = replay(x, y, state)
+            steps = function.optimizer.steps
+            try:
+                loss, out = replay(x, y, state)
+            except BaseException:  # nothing was written back: the step did not happen, so it is not counted
+                function.optimizer.steps = steps
+                raise
             self.mode, self._state, self._replans = replay.mode, function.installed, 0
             return loss, out
         if replay is not None:

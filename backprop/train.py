@@ -25,7 +25,7 @@ import numpy as np
 from backprop.backend import get_backend, namespace_of, to_numpy
 from backprop.data.batches import Batches
 from backprop.errors import ConfigError, UserError
-from backprop.io import load_checkpoint, save_checkpoint
+from backprop.io import check_checkpoint_path, load_checkpoint, save_checkpoint
 from backprop.progress import progress_bar
 from backprop.step import TrainStep
 from backprop.tensor import Tensor, no_grad
@@ -58,6 +58,12 @@ class EarlyStopping:
     """
 
     def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0, restore_best=True):
+        if not isinstance(monitor, str):
+            raise ConfigError(f"EarlyStopping monitors a record name such as 'val_loss', not {monitor!r}")
+        if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 0:
+            raise ConfigError(f"patience must be a whole number of epochs >= 0, got {patience!r}")
+        if isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real) or not 0 <= min_delta < math.inf:
+            raise ConfigError(f"min_delta must be a finite number >= 0, got {min_delta!r}")
         self.monitor, self.patience, self.min_delta, self.restore_best = monitor, patience, min_delta, restore_best
         self.sign = -1.0 if "loss" in monitor else 1.0  # losses improve downwards
         self.best, self.best_state, self.waited, self.stopped = -math.inf, None, 0, False
@@ -84,11 +90,17 @@ class EarlyStopping:
         best = {f"best/{name}": array for name, array in (self.best_state or {}).items()}
         return {"best": self.best, "waited": self.waited, "stopped": self.stopped, **best}
 
-    def check_state_dict(self, state: dict) -> dict:
-        """`state` as `state_dict` gives it, checked (a ConfigError names what is wrong)."""
+    def check_state_dict(self, state: dict, model=None) -> dict:
+        """`state` as `state_dict` gives it, checked (a ConfigError names what is wrong); with
+        `model`, the best weights must be all of its parameters, of their shapes."""
         for key, kind in (("best", float), ("waited", int), ("stopped", bool)):
             if not isinstance(state.get(key), kind) or (kind is not bool and isinstance(state[key], bool)):
                 raise ConfigError(f"EarlyStopping state {key!r} must be a {kind.__name__}, got {state.get(key)!r}")
+        if math.isnan(state["best"]) or state["waited"] < 0:
+            raise ConfigError(f"EarlyStopping state best={state['best']}, waited={state['waited']} is impossible")
+        best = {k.removeprefix("best/"): v for k, v in state.items() if k.startswith("best/")}
+        if best and model is not None:
+            model.check_state_dict(best)  # names, shapes and dtypes, as a load of them would check
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -163,7 +175,7 @@ def _check_dataset(data, what: str) -> None:
     _first_non_finite(targets, what, "target")
 
 
-def _check_fit_arguments(train, epochs, batch_size, validation, metrics) -> None:
+def _check_fit_arguments(train, epochs, batch_size, validation, metrics, callbacks=(), checkpoint=None) -> None:
     """Every argument of `fit` that could fail or be silently wrong later, checked before any work."""
     _positive_int("epochs", epochs)
     _positive_int("batch_size", batch_size)
@@ -171,6 +183,27 @@ def _check_fit_arguments(train, epochs, batch_size, validation, metrics) -> None
     _check_dataset(train, "the training set")
     if validation is not None:
         _check_dataset(validation, "the validation set")
+    record = {"epoch", "seconds", "loss", *metrics} | (
+        {f"val_{k}" for k in ("loss", *metrics)} if validation is not None else set()
+    )
+    _check_callback_list(callbacks, record)
+    if checkpoint is not None:
+        check_checkpoint_path(checkpoint)
+
+
+def _check_callback_list(callbacks, record: set) -> None:
+    """A list of objects with `on_epoch_end`; a callback's `monitor` must be in each epoch's record."""
+    if not isinstance(callbacks, (list, tuple)):
+        raise ConfigError(f"callbacks must be a list, e.g. [{type(callbacks).__name__}(...)], not one callback")
+    for callback in callbacks:
+        if isinstance(callback, type) or not callable(getattr(callback, "on_epoch_end", None)):
+            raise ConfigError(f"callback {callback!r} is not an object with on_epoch_end(model, record)")
+        monitor = getattr(callback, "monitor", None)
+        if isinstance(monitor, str) and monitor not in record:
+            raise ConfigError(
+                f"{type(callback).__name__} monitors {monitor!r}, but each epoch records only {sorted(record)}"
+                + (" (no validation set was given)" if monitor.startswith("val_") else "")
+            )
 
 
 class DivergedError(UserError, FloatingPointError):
@@ -319,7 +352,8 @@ def fit(
     """Train `model` on `train` = (inputs, targets) host arrays (or Batches) for `epochs` epochs.
 
     `loss(outputs, targets)` gives a scalar tensor; `validation` is evaluated after each epoch.
-    `callbacks` have `on_epoch_end(model, record) -> bool` (True stops training).
+    `callbacks` have `on_epoch_end(model, record) -> bool` (True stops training); one with state
+    to checkpoint has `state_dict()`, `load_state_dict(state)` and `check_state_dict(state, model)`.
     `checkpoint` (a .npz path) is written after every epoch; `resume` (a checkpoint path) continues
     that run: model, optimizer, random state and history, so the result equals an uninterrupted run.
     `capture=True` captures the training step and replays it (backprop.step.TrainStep): the same
@@ -328,7 +362,7 @@ def fit(
     Checked before any work (ConfigError): positive integer `epochs` and `batch_size`, known
     `metrics`, and training and validation sets that are not empty and hold no inf or NaN.
     """
-    _check_fit_arguments(train, epochs, batch_size, validation, metrics)
+    _check_fit_arguments(train, epochs, batch_size, validation, metrics, callbacks, checkpoint)
     batches = _as_batches(train, batch_size, shuffle)
     validation = _as_batches(validation, max(batch_size, 1000), False) if validation is not None else None
     _check_labels(model, {"training": batches, **({"validation": validation} if validation is not None else {})})

@@ -4,6 +4,7 @@ or lost work."""
 
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -354,3 +355,52 @@ def test_user_optimizers_keep_class_defaults_and_load_their_own_state():
     other.step()
     other.load_state_dict(other.state_dict())
     assert other.offset == -1.0 and set(other.state[0]) == {"squares"}
+
+
+def test_files_that_would_overwrite_each_other_or_a_spiral_boundary_plot_are_refused_before_training(tmp_path, capsys):
+    (tmp_path / "sp-boundary.png").mkdir()
+    for args, message in [
+        (["--save", str(tmp_path / "x.npz"), "--checkpoint", str(tmp_path / "x.npz")], "--save and --checkpoint name"),
+        (["--dataset", "spirals", "--plot", str(tmp_path / "sp.png")], "sp-boundary.png: is a folder"),
+    ]:
+        assert main(["train", "--epochs", "1", "--no-progress", *args]) == 1
+        captured = capsys.readouterr()
+        assert message in captured.err and "training" not in captured.out, captured
+
+
+def test_a_resumed_run_refuses_a_learning_rate_other_than_the_checkpoints(tmp_path, capsys):
+    path = str(tmp_path / "run.npz")
+    common = ["train", "--no-progress", "--optimizer", "sgd", "--lr", "0.5"]
+    assert main([*common, "--epochs", "1", "--checkpoint", path]) == 0
+    assert main([*common, "--epochs", "2", "--resume", path]) == 0  # the same settings again: fine
+    capsys.readouterr()
+    assert main(["train", "--no-progress", "--optimizer", "sgd", "--lr", "0.1", "--epochs", "3", "--resume", path]) == 1
+    assert "--lr 0.1: the checkpoint" in capsys.readouterr().err
+
+
+def test_python_dash_m_backprop_is_the_command(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "backprop", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "usage: backprop" in result.stdout, result.stderr
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda tmp: {"checkpoint": tmp / "run.ckpt"}, "checkpoints are .npz files"),
+        (lambda tmp: {"checkpoint": (tmp / "dir.npz").mkdir() or tmp / "dir.npz"}, "is a folder; give a file name"),
+        (lambda tmp: {"callbacks": bp.train.EarlyStopping("loss")}, "callbacks must be a list"),
+        (lambda tmp: {"callbacks": [bp.train.EarlyStopping]}, "is not an object with on_epoch_end"),
+        (lambda tmp: {"callbacks": [bp.train.EarlyStopping("val_loss")]}, "(no validation set was given)"),
+        (lambda tmp: {"callbacks": [bp.train.EarlyStopping("los")]}, "EarlyStopping monitors 'los', but each epoch"),
+        (lambda tmp: {"callbacks": [bp.train.EarlyStopping("loss", patience="3")]}, "patience must be a whole"),
+        (lambda tmp: {"callbacks": [bp.train.EarlyStopping("loss", patience=-1)]}, "patience must be a whole"),
+        (lambda tmp: {"callbacks": [bp.train.EarlyStopping("loss", min_delta=-0.1)]}, "min_delta must be a finite"),
+    ],
+)
+def test_fit_refuses_a_bad_checkpoint_path_or_callback_before_the_first_step(tmp_path, make, message):
+    x, y = _spirals()
+    model = _model()
+    optimizer = bp.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises((ConfigError, bp.io.FileFormatError), match=re.escape(message)):
+        bp.fit(model, bp.losses.cross_entropy, optimizer, (x, y), 2, 8, progress=False, **make(tmp_path))
+    assert optimizer.steps == 0

@@ -412,3 +412,14 @@ def test_nielsen_pickle_checks_its_images_and_labels(tmp_path, images, labels, m
     path = _nielsen(tmp_path / "mnist.pkl.gz", ((images, labels), _good_pair(), _good_pair()))
     with pytest.raises(DataError, match=f"mnist.pkl.gz: {message}"):
         bp.data.nielsen_pickle(path)
+
+
+def test_an_npy_header_claiming_megabytes_is_refused_before_it_is_read(tmp_path):
+    header = b"\x93NUMPY\x02\x00" + (50 * MiB).to_bytes(4, "little") + b" " * (50 * MiB)  # 50 MiB of spaces
+    path = tmp_path / "w.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("weight.npy", header)
+    assert path.stat().st_size < MiB
+    raised, peak = _peak(lambda: bp.io.load_weights(bp.nn.Linear(4, 8), path))
+    assert peak < 16 * MiB
+    assert isinstance(raised, FileFormatError) and "has a header of 52428800 bytes" in str(raised), raised

@@ -88,7 +88,7 @@ def _put(key, value):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (_set("optimizer.hyper.lr", -5), "lr must be positive, got -5"),
+        (_set("optimizer.hyper.lr", -5), "learning rate must be positive, got -5"),
         (_set("optimizer.hyper.beta1", float("nan")), "beta1 must be finite"),
         (_set("optimizer.hyper.momentum", 0.9), "Adam has no hyper-parameter 'momentum'"),
         (_set("optimizer.hyper.steps", 2.5), "the step count must be a whole number"),
@@ -99,6 +99,7 @@ def _put(key, value):
         (lambda arrays, meta: arrays.pop("model/2.bias"), r"missing \['2.bias'\]"),
         (_put("model/2.bias", lambda arrays: np.zeros(3)), "'2.bias': state dict has shape (3,)"),
         (_set("callbacks", [{"type": "EarlyStopping", "values": {}}]), "callbacks ['EarlyStopping'], this run has []"),
+        (_set("rng_state.state.state", -1), "a random state that cannot be restored"),
         (_set("epoch", "1"), "metadata: a malformed epoch"),
         (_set("epoch", 1.5), "metadata: a malformed epoch"),
         (_set("history", 5), "metadata: a malformed history"),
@@ -162,3 +163,49 @@ def test_fit_refuses_a_malformed_checkpoint_before_changing_the_model(tmp_path):
                progress=False, resume=path)  # fmt: skip
     for p, b in zip(model.parameters(), before, strict=True):
         np.testing.assert_array_equal(p.numpy(), b, strict=True)
+
+
+def _stopping_state(**values):
+    return {"type": "EarlyStopping", "values": {"stopped": False, **values}}
+
+
+def _stopping_checkpoint(tmp_path):
+    path = tmp_path / "run.npz"
+    _run(2, lambda model, opt: [bp.train.EarlyStopping("val_loss", patience=5)], checkpoint=path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_put("callbacks/0/best/0.weight", lambda arrays: np.zeros((2, 2))), "'0.weight': state dict has shape (2, 2)"),
+        (lambda arrays, meta: arrays.pop("callbacks/0/best/2.bias"), r"missing \['2.bias'\]"),
+        (_put("callbacks/0/best/zzz", lambda arrays: np.zeros(2)), "unexpected ['zzz']"),
+        (_put("callbacks/5/x", lambda arrays: np.zeros(2)), "array 'callbacks/5/x' belongs to none of its 1 callbacks"),
+        (_put("callbacks/0/big", lambda arrays: np.zeros(10_000)), "'callbacks/0/big' of float64 (10000,)"),
+        (_set("callbacks", [_stopping_state(best=1.0, waited=-5)]), "best=1.0, waited=-5 is impossible"),
+        (_set("callbacks", [_stopping_state(best=float("nan"), waited=0)]), "best=nan, waited=0 is impossible"),
+        (_set("padding", " " * (16 << 20)), "array 'meta' of <U"),  # over 64 MiB as UTF-32
+    ],
+)  # fmt: skip
+def test_early_stopping_state_that_does_not_fit_the_model_is_refused_before_anything_changes(tmp_path, change, message):
+    path = _stopping_checkpoint(tmp_path)
+    _rewrite(path, change)
+    model = _model()
+    stopping = bp.train.EarlyStopping("val_loss", patience=5)
+    before = [p.numpy().copy() for p in model.parameters()]
+    with pytest.raises(FileFormatError, match=rf"run.npz: .*{_escaped(message)}"):
+        bp.io.load_checkpoint(path, model, bp.optim.SGD(model.parameters(), lr=0.2, momentum=0.9), [stopping])
+    assert stopping.state_dict() == bp.train.EarlyStopping().state_dict()
+    for p, b in zip(model.parameters(), before, strict=True):
+        np.testing.assert_array_equal(p.numpy(), b, strict=True)
+
+
+def test_metadata_nested_too_deep_for_json_is_one_clear_error(tmp_path):
+    path = _checkpoint(tmp_path)
+    arrays = dict(np.load(path))
+    arrays["meta"] = np.array(str(arrays["meta"])[:-1] + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    np.savez(path, **arrays)
+    model = _model()
+    with pytest.raises(FileFormatError, match="run.npz: not a readable backprop checkpoint .metadata: RecursionError"):
+        bp.io.load_checkpoint(path, model, bp.optim.Adam(model.parameters(), 0.01))

@@ -260,3 +260,55 @@ def test_a_module_that_changes_at_every_call_ends_capturing_with_a_reason():
         for x, y in _batches(12):
             step(x, y)
     assert step.capture is False and step.mode == "eager" and model[1].calls == 12
+
+
+def test_a_numpy_scalar_setting_that_changes_is_noticed():
+    """A NumPy scalar is a number a trace keeps as a constant, not an array of its shape."""
+    events = {5: lambda model, opt, step: setattr(model[1], "negative_slope", np.float64(0.9))}
+    _same_as_eager(events)
+
+
+def test_adams_decoupled_flag_is_part_of_the_guard():
+    adam = lambda params: bp.optim.Adam(params, 0.01, weight_decay=0.05)  # noqa: E731
+    _same_as_eager({6: lambda model, opt, step: setattr(opt, "decoupled", True)}, optimizer=adam)
+
+
+def test_a_replay_that_raises_takes_no_step():
+    """A replayed step that raises wrote nothing back, so it must not count (Adam's corrections)."""
+
+    def run(capture):
+        bp.manual_seed(5)
+        model = _model()
+        opt = bp.optim.Adam(model.parameters(), 0.05)
+        step = bp.TrainStep(model, bp.losses.quadratic_loss, opt, capture=capture)
+        modes = []
+        for i, (x, y) in enumerate(_batches(10)):
+            if i == 7:  # the same key, but NumPy raises on the inf in the replay's first product
+                x = x.copy()
+                x[0, 0] = np.inf
+                with np.errstate(invalid="raise", over="raise"), pytest.raises(FloatingPointError):
+                    step(x, y)
+                modes.append(step.mode)
+                continue
+            step(x, y)
+            modes.append(step.mode)
+        return opt.steps, [p.numpy() for p in model.parameters()], modes
+
+    (steps, captured, modes), (eager_steps, eager, _) = run(True), run(False)
+    assert modes[7] in CAPTURED_MODES and steps == eager_steps == 9, (modes, steps, eager_steps)
+    for got, want in zip(captured, eager, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14, strict=True)
+
+
+def test_a_step_under_no_grad_fails_as_the_eager_one_does():
+    bp.manual_seed(5)
+    model = _model()
+    step = bp.TrainStep(model, bp.losses.quadratic_loss, bp.optim.SGD(model.parameters(), lr=0.5))
+    batches = list(_batches(6))
+    for x, y in batches[:5]:
+        step(x, y)
+    before = [p.numpy().copy() for p in model.parameters()]
+    with bp.no_grad(), pytest.raises(RuntimeError, match="does not require a gradient"):
+        step(*batches[5])
+    for p, b in zip(model.parameters(), before, strict=True):
+        np.testing.assert_array_equal(p.numpy(), b, strict=True)

@@ -197,6 +197,16 @@ def test_binary_cross_entropy_clips_with_the_dtypes_epsilon_at_p_0_and_1(backend
     _close(grad, 0.7 * (P - t_host) / (P * (1 - P)) / P.size, rtol=TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("name", ["quadratic", "mse"])
+def test_squared_losses_are_finite_in_float16_where_their_value_fits(backend, name):
+    """300 ** 2 overflows float16 (65504), but the mean over two elements, 45000, fits."""
+    _needs_float16()
+    diff = np.array([[300.0, 0.0]])
+    loss_fn, want = {"quadratic": (losses.quadratic_loss, 45000.0), "mse": (losses.mse_loss, 45000.0)}[name]
+    loss = loss_fn(_t(diff, "float16", requires_grad=True), _t(np.zeros((1, 2)), "float16"))
+    _close(loss.item(), want, rtol=TOLERANCE["float16"])
+
+
 LOGITS_LARGE = np.array([[-1000.0, -100.0, 0.5, 30.0], [100.0, 1000.0, -3.0, -30.0], [-250.0, 800.0, 0.0, 99.5]])
 
 
