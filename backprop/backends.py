@@ -165,15 +165,11 @@ class BackendEntry:
         """Whether `array`'s values can be read now at no cost (on the host, no device sync)."""
         return True
 
-    def writable(self, array) -> bool:
-        """Whether in-place writes to `array` are safe: it is not read-only and no two of its
-        elements share memory (not a broadcast view). Gradients handed to users are copied where
-        not. Libraries whose arrays cannot be written in place answer True."""
-        return True
-
-    def memory_of(self, array):
-        """A key of the memory `array` views: two arrays that may share elements have equal keys
-        (libraries whose arrays cannot be written in place: the array itself, by identity)."""
+    def writable_memory(self, array):
+        """A key of the memory `array` views, where in-place writes to it are safe (two arrays that
+        may share elements have equal keys); None where they are not: read-only, or a broadcast view
+        (elements that share memory). Gradients handed to users are copied where None or where two
+        share a key. Libraries whose arrays cannot be written in place: the array, by identity."""
         return id(array)
 
     def synchronize(self, arrays=()) -> None:
@@ -239,11 +235,13 @@ class NumPyBackend(BackendEntry):
 
         return np.asarray(array)
 
-    def writable(self, array) -> bool:
-        return array.flags.writeable and (array.base is None or _no_shared_elements(array.strides, array.shape))
-
-    def memory_of(self, array):
-        return id(array if array.base is None else array.base)  # NumPy's `base` is the owner of the memory
+    def writable_memory(self, array):
+        if not array.flags.writeable:
+            return None
+        base = array.base  # NumPy's `base` is the owner of the memory
+        if base is None:
+            return id(array)
+        return id(base) if _no_shared_elements(array.strides, array.shape) else None
 
 
 class ArrayApiStrictBackend(BackendEntry):
@@ -261,11 +259,9 @@ class ArrayApiStrictBackend(BackendEntry):
             raise _no_device(self, name)
         return importlib.import_module(self.module).Device(str(name))
 
-    def writable(self, array) -> bool:
-        return NumPyBackend.writable(self, self.to_host(array))  # a view of the same memory, its flags
-
-    def memory_of(self, array):
-        return self.to_host(array).__array_interface__["data"][0]  # its host view's base is a new capsule
+    def writable_memory(self, array):
+        host = self.to_host(array)  # a view of the same memory, its flags; its base is a new capsule
+        return None if NumPyBackend.writable_memory(self, host) is None else host.__array_interface__["data"][0]
 
 
 class TorchBackend(BackendEntry):
@@ -307,11 +303,8 @@ class TorchBackend(BackendEntry):
     def readable(self, array) -> bool:
         return array.device.type == "cpu"
 
-    def writable(self, array) -> bool:
-        return _no_shared_elements(array.stride(), array.shape)
-
-    def memory_of(self, array):
-        return array.untyped_storage().data_ptr()
+    def writable_memory(self, array):
+        return array.untyped_storage().data_ptr() if _no_shared_elements(array.stride(), array.shape) else None
 
     def synchronize(self, arrays=()) -> None:
         import torch
@@ -438,11 +431,8 @@ class CuPyBackend(BackendEntry):
     def to_host(self, array):
         return array.get()
 
-    def writable(self, array) -> bool:
-        return _no_shared_elements(array.strides, array.shape)
-
-    def memory_of(self, array):
-        return array.data.mem.ptr  # the allocation's start, whatever offset this view has
+    def writable_memory(self, array):  # the allocation's start, whatever offset this view has
+        return array.data.mem.ptr if _no_shared_elements(array.strides, array.shape) else None
 
     def readable(self, array) -> bool:
         return False

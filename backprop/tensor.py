@@ -103,18 +103,19 @@ def _hand_over(grads: dict, tensors, given) -> None:
     """Make the gradients in `grads` of `tensors` safe to hand to users: each its own writable
     array (an op's backward may give two inputs one array or views of one, or a read-only
     broadcast view; `given` is the caller's upstream gradient, never handed back)."""
-    tensors = [t for t in tensors if grads.get(id(t)) is not None]
-    if not tensors:
-        return
-    entry = backend_of(tensors[0].xp)
-    given = given.data if isinstance(given, Tensor) else given
-    seen = {entry.memory_of(given)} if given is not None else set()  # memory, not ids: views share it
+    seen = memory_of = None
     for tensor in tensors:
-        g = grads[id(tensor)]
-        memory = entry.memory_of(g)
-        if memory in seen or not entry.writable(g):
+        g = grads.get(id(tensor))
+        if g is None:
+            continue
+        if memory_of is None:
+            memory_of = backend_of(tensor.xp).writable_memory
+            given = given.data if isinstance(given, Tensor) else given
+            seen = {memory_of(given)} if given is not None else set()
+        memory = memory_of(g)
+        if memory is None or memory in seen:
             grads[id(tensor)] = g = copy_array(g)
-            memory = entry.memory_of(g)
+            memory = memory_of(g)
         seen.add(memory)
 
 

@@ -459,11 +459,8 @@ class _TracedEntry:
     def readable(self, array) -> bool:
         return False
 
-    def writable(self, array) -> bool:
-        return True  # a replay's gradients are arrays it computes, never a caller's view
-
-    def memory_of(self, array):
-        return id(array)  # a stand-in: the replay's arrays are made anew by each call
+    def writable_memory(self, array):
+        return id(array)  # a replay's gradients are arrays it computes anew, never a caller's view
 
     def to_host(self, array):
         array._read()
