@@ -3,6 +3,7 @@
 nox -s tests            every backend in the default matrix (backprop/backends.py: numpy at all BLAS
                         threads and at 1, array_api_strict, torch, cupy); a GPU backend skips itself
                         with the reason where no GPU answers
+nox -s tests_mpi        backprop.distributed under mpiexec (also part of `nox -s tests`)
 nox -s tests_jax        JAX on the CPU (a large download, so not in the default matrix)
 nox -s tests_mkl        NumPy built from source against MKL (about 5 minutes on 2 cores)
 nox -s lint             ruff
@@ -79,6 +80,7 @@ def _default_matrix() -> list:
             for threads in entry.test_threads:
                 suffix = "" if len(entry.test_threads) == 1 else f"-openblas-{threads or 'all'}"
                 params.append(nox.param(name, threads, id=name + suffix))
+    params.append(nox.param("mpi", None, id="mpi"))  # data-parallel tests under mpiexec (tests_mpi)
     return params
 
 
@@ -88,8 +90,19 @@ FIRST = tuple(_default_matrix()[0].args)  # the session that also runs the examp
 @nox.session
 @nox.parametrize("backend, threads", _default_matrix())
 def tests(session, backend, threads):
-    """The test suite on one backend (and one BLAS thread count)."""
-    _backend_session(session, backend, threads)
+    """The test suite on one backend (and one BLAS thread count), or the data-parallel tests."""
+    if backend == "mpi":
+        tests_mpi(session)
+    else:
+        _backend_session(session, backend, threads)
+
+
+@nox.session
+def tests_mpi(session):
+    """backprop.distributed under `mpiexec -n 2` and `-n 3`: mpi4py and MPICH from PyPI."""
+    session.install("-e", ".[mpi]", *TEST_DEPS)
+    session.run("python", "-m", "pytest", "-q", "tests/test_distributed.py", *session.posargs,
+                env={"OPENBLAS_NUM_THREADS": "1"})  # fmt: skip
 
 
 @nox.session

@@ -16,7 +16,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -163,22 +162,11 @@ def use_selected_backend(args=None) -> bp.backend.Backend:
 
 def check_output(path, check) -> None:
     """Raise now, before any training, if the file at `path` could not be written: `check(path)`
-    (its format), then an actual (removed) file in the folder it would go to."""
+    (its format), then a probe file in the folder it would go to (backprop.files.check_writable)."""
     check(path)
-    target = Path(path).absolute()
-    if target.is_dir():
+    if Path(path).absolute().is_dir():
         raise ConfigError(f"{path}: is a folder; give a file name")
-    folder = target.parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ConfigError(f"{path}: {folder} is not a folder")
     check_writable(path)
-    try:  # permissions alone do not tell (root, read-only file systems, /proc)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".backprop-probe-"):
-            pass
-    except OSError as error:
-        raise PermissionError(f"{path}: cannot write into {folder} ({error.strerror or error})") from None
 
 
 def _resume_metadata(path) -> dict | None:

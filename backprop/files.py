@@ -127,8 +127,10 @@ def _resolved(path) -> Path:
 
 
 def check_writable(path) -> None:
-    """Raise PermissionError now if `path` could not be written (its folder, or the nearest existing
-    one atomic_write would create it in, is not writable)."""
+    """Raise an OSError now (naming `path`) if it could not be written: its folder, or the nearest
+    existing one atomic_write would create it in, is not a folder or takes no new file (a probe
+    file is made and removed there: permissions alone do not tell for root, read-only file
+    systems or /proc)."""
     folder = _resolved(path).absolute().parent
     while not folder.exists():
         folder = folder.parent
@@ -136,6 +138,11 @@ def check_writable(path) -> None:
         raise NotADirectoryError(f"{path}: {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"{path}: cannot write into {folder}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".backprop-probe-"):
+            pass
+    except OSError as error:
+        raise PermissionError(f"{path}: cannot write into {folder} ({error.strerror or error})") from None
 
 
 def atomic_write(path, write, verify=None) -> None:

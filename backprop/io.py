@@ -222,10 +222,10 @@ def _check_weights(path, model, headers: dict) -> None:
         )
 
 
-def save_checkpoint(path, model, optimizer, epoch: int, history=None, callbacks=()) -> None:
+def save_checkpoint(path, model, optimizer, epoch: int, history=None, callbacks=(), world_size: int = 1) -> None:
     """Model, optimizer state, epoch, random state, history and the state of every callback that
     has one (`state_dict()`: numbers, strings and NumPy arrays by name) in one .npz, written
-    atomically."""
+    atomically; `world_size`: the processes of a data-parallel run (backprop.distributed)."""
     arrays = {f"model/{name}": to_numpy(a) for name, a in model.state_dict().items()}
     opt = optimizer.state_dict()
     for i, state in enumerate(opt["state"]):
@@ -245,6 +245,7 @@ def save_checkpoint(path, model, optimizer, epoch: int, history=None, callbacks=
         "rng_state": get_rng_state(),
         "history": history.epochs if history is not None else [],
         "callbacks": kept,
+        "world_size": world_size,
     }
     arrays["meta"] = np.array(json.dumps(meta))
     check_checkpoint_path(path)

@@ -113,7 +113,7 @@ def _as_distribution(target, logits: Tensor):
             raise TypeError(f"class labels must be integers, got {T.dtype}")
         if T.shape[0] != logits.shape[0]:
             raise ValueError(f"{T.shape[0]} labels for a batch of {logits.shape[0]} predictions")
-        if backend_of(xp).readable(T):  # on a GPU (or in a trace) this check would cost a sync every step
+        if T.shape[0] and backend_of(xp).readable(T):  # on a GPU (or in a trace) it would sync every step
             low, high = int(xp.min(T)), int(xp.max(T))
             if low < 0 or high >= n_classes:
                 raise ValueError(f"labels must be in 0..{n_classes - 1} for {n_classes} outputs, found {low}..{high}")

@@ -442,6 +442,22 @@ def _recorded(recorder: _Recorder, name: str, real):
     return call
 
 
+def external(function, *arrays):
+    """`function(*arrays)` for a call the tracer cannot look into (an all-reduce over MPI, a host
+    callback): run on the values now and, inside a trace, recorded as one call that replays make
+    again. `function` must give arrays and must not read their values to decide what to do.
+
+    >>> import numpy as np
+    >>> program, _ = trace(lambda a: [external(np.cumsum, a) * 2.0], [np.ones(3)])
+    >>> program(np.arange(3.0))[0].tolist()
+    [0.0, 2.0, 6.0]
+    """
+    recorder = next((a.recorder for a in arrays if isinstance(a, Traced)), None)
+    if recorder is None:
+        return function(*arrays)
+    return _recorded(recorder, getattr(function, "__name__", "external"), function)(*arrays)
+
+
 class _TracedEntry:
     """The backend entry of stand-ins: the real entry's answers, with its array helpers (`set_at`,
     `scatter_add`) recorded as calls, and no value readable."""

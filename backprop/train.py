@@ -22,10 +22,11 @@ import time
 
 import numpy as np
 
+from backprop import distributed
 from backprop.backend import get_backend, namespace_of, to_numpy
 from backprop.data.batches import Batches
 from backprop.errors import ConfigError, UserError
-from backprop.io import check_checkpoint_path, load_checkpoint, save_checkpoint
+from backprop.io import check_checkpoint_path, checkpoint_metadata, load_checkpoint, save_checkpoint
 from backprop.progress import progress_bar
 from backprop.step import TrainStep
 from backprop.tensor import Tensor, no_grad
@@ -99,6 +100,9 @@ class EarlyStopping:
         if math.isnan(state["best"]) or state["waited"] < 0:
             raise ConfigError(f"EarlyStopping state best={state['best']}, waited={state['waited']} is impossible")
         best = {k.removeprefix("best/"): v for k, v in state.items() if k.startswith("best/")}
+        integral = [k for k, v in best.items() if np.asarray(v).dtype.kind != "f"]
+        if integral:
+            raise ConfigError(f"EarlyStopping best weights {integral[0]!r} are not floating point")
         if best and model is not None:
             model.check_state_dict(best)  # names, shapes and dtypes, as a load of them would check
         return state
@@ -136,11 +140,14 @@ def _pair(data, what: str):
     return inputs, targets
 
 
-def _as_batches(data, batch_size: int, shuffle: bool, what: str = "the data") -> Batches:
+def _as_batches(data, batch_size: int, shuffle: bool, what: str = "the data", shard=(0, 1)) -> Batches:
     if isinstance(data, Batches):
+        if (data.rank, data.ranks) != tuple(shard):
+            raise ConfigError(f"{what} is a Batches of shard {data.rank} of {data.ranks}, this is rank {shard[0]} "
+                              f"of {shard[1]}: give Batches(..., shard={tuple(shard)}) or the arrays")  # fmt: skip
         return data
     inputs, targets = _pair(data, what)
-    return Batches(inputs, targets, batch_size, shuffle=shuffle)
+    return Batches(inputs, targets, batch_size, shuffle=shuffle, shard=shard)
 
 
 def _positive_int(name: str, value) -> int:
@@ -202,7 +209,7 @@ def _check_callback_list(callbacks, record: set) -> None:
         if isinstance(monitor, str) and monitor not in record:
             raise ConfigError(
                 f"{type(callback).__name__} monitors {monitor!r}, but each epoch records only {sorted(record)}"
-                + (" (no validation set was given)" if monitor.startswith("val_") else "")
+                + (" (no validation set was given)" if monitor.startswith("val_") and "val_loss" not in record else "")
             )
 
 
@@ -244,10 +251,14 @@ class _Tally:
         if self.accuracy:
             self.correct = self.correct + _correct(self.xp, out, targets)
 
-    def record(self) -> dict:
-        result = {"loss": float(to_numpy(self.loss)) / self.count}  # the one read from the device
+    def record(self, reduce_sums=None) -> dict:
+        """The mean loss (and accuracy); `reduce_sums` adds up the sums of every rank first."""
+        correct = float(to_numpy(self.correct)) if self.accuracy else 0.0
+        sums = [float(to_numpy(self.loss)), correct, float(self.count)]  # the one read from the device
+        loss, correct, count = sums if reduce_sums is None else reduce_sums(sums)
+        result = {"loss": loss / count}
         if self.accuracy:
-            result["accuracy"] = float(to_numpy(self.correct)) / self.count
+            result["accuracy"] = correct / count
         return result
 
 
@@ -291,13 +302,22 @@ def _output_width(model, batches: Batches) -> int:
         return model(Tensor(batches.inputs[:1, ...])).shape[-1]
 
 
-def _run_epoch(step: TrainStep, batches: Batches, metrics, bar) -> dict:
+def _run_epoch(step: TrainStep, batches: Batches, metrics, bar, reduce_sums=None) -> dict:
     tally = _Tally(batches.xp, metrics)
     for inputs, targets in batches:
         loss, out = step(inputs, targets)
         tally.add(loss, out, targets)
         bar.update(1)
-    return tally.record()
+    return tally.record(reduce_sums)
+
+
+def _check_world_size(resume, size: int) -> None:
+    saved = checkpoint_metadata(resume).get("world_size", 1)
+    if saved != size:
+        raise ConfigError(
+            f"--resume {resume}: the checkpoint was written by {saved} process(es), this run has {size}: "
+            "resume with the same number of processes (the shards of each epoch depend on it)"
+        )
 
 
 @no_grad()
@@ -363,21 +383,28 @@ def fit(
     `metrics`, and training and validation sets that are not empty and hold no inf or NaN.
     """
     _check_fit_arguments(train, epochs, batch_size, validation, metrics, callbacks, checkpoint)
-    batches = _as_batches(train, batch_size, shuffle)
+    ranks = distributed.world()
+    batches = _as_batches(train, batch_size, shuffle, "the training set", (ranks.rank, ranks.size))
     validation = _as_batches(validation, max(batch_size, 1000), False) if validation is not None else None
     _check_labels(model, {"training": batches, **({"validation": validation} if validation is not None else {})})
     history, start = History(), 1
+    distributed.check_same_setup(model, optimizer)
     if resume is not None:
+        _check_world_size(resume, ranks.size)
         meta = load_checkpoint(resume, model, optimizer, callbacks)
         history, start = History(meta["history"]), meta["epoch"] + 1
         if any(getattr(callback, "stopped", False) for callback in callbacks):
             return history  # the run had stopped early: there is nothing left to train
+    distributed.broadcast_state(model, optimizer)  # every rank starts as rank 0, whatever its seed
+    all_reduce = distributed.AllReduce(ranks)
+    hooks = [*([all_reduce] if ranks.size > 1 else []), *gradient_hooks]  # average first, then clip
     model.train()
-    step = TrainStep(model, loss, optimizer, capture=capture, gradient_hooks=gradient_hooks)
+    step = TrainStep(model, loss, optimizer, capture=capture, gradient_hooks=hooks)
     for epoch in range(start, epochs + 1):
         began = time.perf_counter()
-        with progress_bar(len(batches), f"epoch {epoch}/{epochs}", "batch", enabled=progress) as bar:
-            record = {"epoch": epoch, **_run_epoch(step, batches, metrics, bar)}
+        shown = progress and ranks.is_main
+        with progress_bar(len(batches), f"epoch {epoch}/{epochs}", "batch", enabled=shown) as bar:
+            record = {"epoch": epoch, **_run_epoch(step, batches, metrics, bar, all_reduce.reduce_sums)}
             _check_finite(record["loss"], epoch, "the training loss")
             if validation is not None:
                 record.update({f"val_{k}": v for k, v in evaluate(model, loss, validation, metrics=metrics).items()})
@@ -386,8 +413,8 @@ def fit(
             bar.set_postfix({k: round(v, 4) for k, v in record.items() if k not in ("epoch", "seconds")})
         history.epochs.append(record)
         stops = [callback.on_epoch_end(model, record) for callback in callbacks]
-        if checkpoint is not None:  # after the callbacks: a decayed learning rate, a patience count
-            save_checkpoint(checkpoint, model, optimizer, epoch, history, callbacks)
+        if checkpoint is not None and ranks.is_main:  # after the callbacks: a decayed lr, a patience count
+            save_checkpoint(checkpoint, model, optimizer, epoch, history, callbacks, world_size=ranks.size)
         if any(stops):
             break
     return history

@@ -12,7 +12,12 @@ import pytest
 import backprop as bp
 from backprop.backends import BACKENDS, get_entry
 
-collect_ignore = ["cases.py", "torch_reference.py", "toy_backend.py"]  # helpers, imported by the tests that need them
+collect_ignore = [
+    "cases.py",
+    "torch_reference.py",
+    "toy_backend.py",
+    "distributed_run.py",
+]  # helpers, imported by the tests that need them
 
 
 def selected_backends() -> list[str]:

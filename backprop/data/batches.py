@@ -23,9 +23,13 @@ class Batches:
     ([(4,), (4,), (2,)], 3)
     """
 
-    def __init__(self, inputs, targets, batch_size: int, shuffle: bool = True, drop_last: bool = False, dtype=None):
+    def __init__(self, inputs, targets, batch_size: int, shuffle: bool = True, drop_last: bool = False, dtype=None,
+                 shard: tuple[int, int] = (0, 1)):  # fmt: skip
         """Empty data, a batch size that is not a positive integer, or one that leaves no batch with
-        `drop_last`, are ConfigErrors here rather than an epoch without batches."""
+        `drop_last`, are ConfigErrors here rather than an epoch without batches.
+
+        `shard=(r, W)`: rank r of W takes `order[r::W]` of each epoch's order, after the last
+        N mod W samples of that order are left out (backprop.distributed)."""
         inputs, targets = np.asarray(inputs), np.asarray(targets)
         if inputs.ndim == 0 or targets.ndim == 0:
             raise ConfigError("inputs and targets must be arrays with a row per sample, not scalars")
@@ -38,15 +42,21 @@ class Batches:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r} ({kind})")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
-        if drop_last and batch_size > len(inputs):
-            raise ConfigError(f"drop_last with batch_size {batch_size} > {len(inputs)} samples leaves no batch")
+        rank, ranks = shard
+        if not 0 <= rank < ranks or len(inputs) < ranks:
+            raise ConfigError(f"shard {rank} of {ranks} of {len(inputs)} samples: each rank needs one at least")
+        per_rank = len(inputs) // ranks
+        if drop_last and batch_size > per_rank:
+            raise ConfigError(f"drop_last with batch_size {batch_size} > {per_rank} samples leaves no batch")
         if dtype is not None:
             inputs = inputs.astype(dtype)
         backend = get_backend()
         self.xp = backend.xp
         self.inputs = backend.asarray(np.ascontiguousarray(inputs))
         self.targets = backend.asarray(np.ascontiguousarray(targets))
-        self.n, self.batch_size, self.shuffle, self.drop_last = len(inputs), batch_size, shuffle, drop_last
+        self.total, self.rank, self.ranks = len(inputs), rank, ranks
+        self.n = len(inputs) // ranks  # this rank's samples in each epoch
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
 
     def __len__(self) -> int:
         whole = self.n // self.batch_size
@@ -55,8 +65,10 @@ class Batches:
     def __iter__(self):
         xp, size = self.xp, self.batch_size
         order = None
-        if self.shuffle:
-            order = xp.asarray(host_rng().permutation(self.n), device=self.inputs.device)
+        if self.shuffle or self.ranks > 1:
+            perm = host_rng().permutation(self.total) if self.shuffle else np.arange(self.total)
+            mine = perm[: self.n * self.ranks][self.rank :: self.ranks]
+            order = xp.asarray(mine, device=self.inputs.device)
         for start in range(0, len(self) * size, size):
             stop = min(start + size, self.n)
             if order is None:
