@@ -281,14 +281,19 @@ def train(args) -> int:
     train_set = (x.astype(args.dtype), _targets(y, args.loss, sizes[-1], args.dtype))
     test_set = (xt.astype(args.dtype), _targets(yt, args.loss, sizes[-1], args.dtype))
     guard = _DivergenceGuard(bp.evaluate(model, loss, train_set, metrics=())["loss"])
-    print(f"training {model} on {args.dataset} ({len(x)} train, {len(xt)} test) with {bp.get_backend().name}")
+    ranks = bp.distributed.world()
+    say = print if ranks.is_main else (lambda *a, **k: None)  # under mpiexec, rank 0 speaks and writes
+    on = f" on {ranks.size} processes" if ranks.size > 1 else ""
+    say(f"training {model} on {args.dataset} ({len(x)} train, {len(xt)} test) with {bp.get_backend().name}{on}")
     history = bp.fit(model, loss, optimizer, train_set, args.epochs, args.batch_size, validation=test_set,
                      progress=not args.no_progress, checkpoint=args.checkpoint, resume=args.resume,
                      capture=args.capture, callbacks=[guard])  # fmt: skip
     last = history.epochs[-1]
     seconds = sum(history["seconds"])
-    print(f"final: train accuracy {last['accuracy']:.4f}, test accuracy {last['val_accuracy']:.4f} "
-          f"after {last['epoch']} epochs ({seconds:.1f} s)")  # fmt: skip
+    say(f"final: train accuracy {last['accuracy']:.4f}, test accuracy {last['val_accuracy']:.4f} "
+        f"after {last['epoch']} epochs ({seconds:.1f} s)")  # fmt: skip
+    if not ranks.is_main:
+        return 0
     if args.save:
         bp.io.save_weights(model, args.save)
         print(f"weights written to {args.save}")
@@ -328,8 +333,16 @@ def info() -> int:
         print(f"BLAS (NumPy): unknown ({error})")
     name, device, source = selected_backend()
     print(f"selected: backend {name}, device {device or 'default'} (from {source})")
+    print(_world_line())
     use_selected_backend()  # a backend or device that cannot be used: one line on stderr, exit 1
     return 0
+
+
+def _world_line() -> str:
+    if not bp.distributed.launched():
+        return 'processes: 1 (no MPI launcher; mpiexec -n N runs fit data-parallel, pip install "backprop[mpi]")'
+    ranks = bp.distributed.world()
+    return f"processes: {ranks.size} under MPI (this is rank {ranks.rank})"
 
 
 def main(argv=None) -> int:
@@ -349,6 +362,7 @@ def main(argv=None) -> int:
         return 2
     except (UserError, OSError) as error:  # bad input, or a file that cannot be read or written
         print(f"backprop: error: {error}", file=sys.stderr)
+        bp.distributed.abort_if_running(1)  # the other ranks would wait for this one forever
         return 1
     except KeyboardInterrupt:
         print("backprop: interrupted", file=sys.stderr)

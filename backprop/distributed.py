@@ -99,12 +99,12 @@ def _abort_on_uncaught_errors(world: World) -> None:
     sys.excepthook = hook
 
 
-def abort(code: int = 1) -> None:
-    """End every rank of the job now (after an error this rank reported itself)."""
-    current = world()
-    if current.size > 1:
+def abort_if_running(code: int = 1) -> None:
+    """End every rank of a job of several now (after an error this rank reported itself); nothing
+    where MPI was never started."""
+    if _world is not None and _world.size > 1:
         sys.stderr.flush()
-        current.comm.Abort(code)
+        _world.comm.Abort(code)
 
 
 # --- starting alike ---

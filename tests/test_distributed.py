@@ -159,3 +159,13 @@ def test_a_checkpoint_of_another_world_size_is_refused_before_it_loads(tmp_path)
     x, y = np.ones((8, 2)), np.zeros(8, dtype="int64")
     with pytest.raises(ConfigError, match=r"written by 2 process\(es\), this run has 1"):
         bp.fit(model, bp.losses.cross_entropy, opt, (x, y), 3, 2, progress=False, resume=tmp_path / "run.npz")
+
+
+def test_the_command_line_trains_on_several_processes_and_speaks_once(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "PMIX_", "MPI_"))}
+    command = [_mpiexec(), "-n", "2", sys.executable, "-m", "backprop", "train", "--epochs", "2", "--no-progress",
+               "--save", str(tmp_path / "w.npz")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("on 2 processes") == 1 and result.stdout.count("final:") == 1, result.stdout
+    assert (tmp_path / "w.npz").is_file()
