@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,9 +92,11 @@ def _abort_on_uncaught_errors(world: World) -> None:
     previous = sys.excepthook
 
     def hook(kind, error, trace):
-        sys.stderr.write(f"rank {world.rank} of {world.size} failed, ending the job:\n")
+        sys.stderr.write(f"rank {world.rank} of {world.size} failed, ending the job: {kind.__name__}: {error}\n")
+        sys.stderr.flush()  # the line first: the launcher may cut the rest when the job ends
         previous(kind, error, trace)
         sys.stderr.flush()
+        time.sleep(0.2)  # time for the launcher to pass the traceback on
         world.comm.Abort(1)
 
     sys.excepthook = hook

@@ -21,9 +21,11 @@ import numbers
 import time
 
 import numpy as np
+from array_api_compat import device as device_of
 
 from backprop import distributed
-from backprop.backend import get_backend, namespace_of, to_numpy
+from backprop.backend import copy_array, get_backend, namespace_of, to_numpy
+from backprop.backends import backend_of
 from backprop.data.batches import Batches
 from backprop.errors import ConfigError, UserError
 from backprop.io import check_checkpoint_path, checkpoint_metadata, load_checkpoint, save_checkpoint
@@ -234,25 +236,51 @@ def _check_metrics(metrics) -> None:
 
 
 class _Tally:
-    """Loss and correct predictions summed on the device, read once at the end (float16 losses are
-    summed in float32: an epoch's sum would overflow float16's 65504)."""
+    """Loss and correct predictions summed on the device and read once at the end. The steps'
+    losses and outputs are kept and reduced FLUSH at a time, in a few whole-array calls rather
+    than several small ones per step (float16 losses are summed in float32: an epoch's sum would
+    overflow float16's 65504). On a backend whose captured steps hand out buffers they overwrite
+    (CUDA graphs), what is kept is copied first."""
+
+    FLUSH = 64
 
     def __init__(self, xp, metrics):
         _check_metrics(metrics)
         self.xp, self.accuracy = xp, "accuracy" in metrics
         self.loss, self.correct, self.count = 0.0, 0, 0
         self.narrow = getattr(xp, "float16", None)
+        self.copies = backend_of(xp).capture == "cuda-graph"
+        self.losses, self.sizes, self.outs, self.targets = [], [], [], []
 
     def add(self, loss, out, targets) -> None:
-        n = out.shape[0]
-        if self.narrow is not None and getattr(loss, "dtype", None) == self.narrow:
-            loss = self.xp.astype(loss, self.xp.float32)
-        self.loss, self.count = self.loss + loss * n, self.count + n
+        if self.copies:
+            loss, out = copy_array(loss), copy_array(out)
+        self.losses.append(loss)
+        self.sizes.append(out.shape[0])
         if self.accuracy:
-            self.correct = self.correct + _correct(self.xp, out, targets)
+            self.outs.append(out)
+            self.targets.append(targets)
+        if len(self.losses) == self.FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.losses:
+            return
+        xp = self.xp
+        losses = xp.stack([xp.asarray(value) for value in self.losses])
+        if self.narrow is not None and losses.dtype == self.narrow:
+            losses = xp.astype(losses, xp.float32)
+        sizes = xp.asarray(self.sizes, dtype=losses.dtype, device=device_of(losses))
+        self.loss = self.loss + xp.sum(losses * sizes)
+        self.count += sum(self.sizes)
+        if self.accuracy:
+            out, targets = xp.concat(self.outs, axis=0), xp.concat(self.targets, axis=0)
+            self.correct = self.correct + _correct(xp, out, targets)
+        self.losses, self.sizes, self.outs, self.targets = [], [], [], []
 
     def record(self, reduce_sums=None) -> dict:
         """The mean loss (and accuracy); `reduce_sums` adds up the sums of every rank first."""
+        self._flush()
         correct = float(to_numpy(self.correct)) if self.accuracy else 0.0
         sums = [float(to_numpy(self.loss)), correct, float(self.count)]  # the one read from the device
         loss, correct, count = sums if reduce_sums is None else reduce_sums(sums)

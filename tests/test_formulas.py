@@ -427,3 +427,26 @@ def test_adamws_decay_is_decoupled_and_scaled_by_the_learning_rate():
     coupled.grad = _t(np.zeros((1, 3))).data
     opt.step()
     _close(coupled.numpy(), np.array([[2.0, -4.0, 1.0]]) - 0.1 * np.sign([[2.0, -4.0, 1.0]]), rtol=1e-7)
+
+
+# --- an epoch's record ---
+
+
+@pytest.mark.parametrize("n", [37, 8 * 64 + 13])  # a short last batch; more steps than one flush of the tally
+def test_the_epoch_loss_and_accuracy_weigh_each_batch_by_its_size(backend, n):
+    """fit's record is the mean over samples (a short last batch counts for its size), as the
+    per-sample loss of the model evaluated on its own would say: checked by evaluate on the
+    model before training with a learning rate that changes nothing measurable."""
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(n, 3)), rng.integers(0, 2, n)
+    bp.manual_seed(0)
+    model = bp.nn.mlp([3, 4, 2], "tanh", dtype="float64")
+    logits = bp.to_numpy(bp.predict(model, x))
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_prob = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    want_loss = -log_prob[np.arange(n), y].mean()
+    want_accuracy = (logits.argmax(axis=1) == y).mean()
+    opt = bp.optim.SGD(model.parameters(), lr=1e-300)  # steps that leave the weights as they are
+    record = bp.fit(model, losses.cross_entropy, opt, (x, y), 1, 8, shuffle=False, progress=False).epochs[0]
+    assert record["loss"] == pytest.approx(want_loss, rel=1e-12)
+    assert record["accuracy"] == pytest.approx(want_accuracy, rel=1e-12)
