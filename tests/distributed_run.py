@@ -2,6 +2,7 @@
 a data-parallel fit whose rank 0 writes its weights and history to OUT (an .npz). Each rank seeds
 differently: fit must start them all as rank 0. With FAIL_AT, rank 1 raises at that step."""
 
+import os
 import sys
 
 import numpy as np
@@ -42,8 +43,10 @@ def main(out, backend, optimizer, capture, fail_at=None):
         else:
             opt = bp.optim.Adam(model.parameters(), lr=0.01)
         hooks = [FailOnRankOne(fail_at)] if fail_at else []
-        history = bp.fit(model, bp.losses.cross_entropy, opt, data(), EPOCHS, PER_RANK_BATCH, progress=False,
-                         capture=capture, gradient_hooks=hooks)  # fmt: skip
+        epochs = int(os.environ.get("RUN_EPOCHS", EPOCHS))  # RUN_CHECKPOINT, RUN_RESUME: paths for fit
+        files = {"checkpoint": os.environ.get("RUN_CHECKPOINT"), "resume": os.environ.get("RUN_RESUME")}
+        history = bp.fit(model, bp.losses.cross_entropy, opt, data(), epochs, PER_RANK_BATCH, progress=False,
+                         capture=capture, gradient_hooks=hooks, **files)  # fmt: skip
         if world.is_main:
             weights = {name: bp.to_numpy(a) for name, a in model.state_dict().items()}
             np.savez(out, loss=np.array(history["loss"]), accuracy=np.array(history["accuracy"]), **weights)

@@ -27,9 +27,9 @@ def _mpiexec():
     return found
 
 
-def _launch(ranks: int, *args, timeout=120):
+def _launch(ranks: int, *args, timeout=120, **settings):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "PMIX_", "MPI_"))}
-    env["OPENBLAS_NUM_THREADS"] = "1"
+    env.update(OPENBLAS_NUM_THREADS="1", **{k: str(v) for k, v in settings.items()})
     command = [_mpiexec(), "-n", str(ranks), sys.executable, str(HERE / "distributed_run.py"), *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
@@ -169,3 +169,16 @@ def test_the_command_line_trains_on_several_processes_and_speaks_once(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("on 2 processes") == 1 and result.stdout.count("final:") == 1, result.stdout
     assert (tmp_path / "w.npz").is_file()
+
+
+def test_a_distributed_run_resumed_from_its_checkpoint_is_the_uninterrupted_one(tmp_path):
+    whole = _launch(2, tmp_path / "whole.npz", "numpy", "adam", 1)
+    assert whole.returncode == 0, whole.stderr
+    first = _launch(2, tmp_path / "first.npz", "numpy", "adam", 1, RUN_EPOCHS=2, RUN_CHECKPOINT=tmp_path / "run.npz")
+    assert first.returncode == 0, first.stderr
+    assert bp.io.checkpoint_metadata(tmp_path / "run.npz")["world_size"] == 2
+    resumed = _launch(2, tmp_path / "resumed.npz", "numpy", "adam", 1, RUN_RESUME=tmp_path / "run.npz")
+    assert resumed.returncode == 0, resumed.stderr
+    want, got = np.load(tmp_path / "whole.npz"), np.load(tmp_path / "resumed.npz")
+    for name in want.files:
+        np.testing.assert_array_equal(got[name], want[name], strict=True, err_msg=name)
