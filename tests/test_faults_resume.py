@@ -96,6 +96,8 @@ def _put(key, value):
         (_put("optimizer/0/m", lambda arrays: np.zeros(1)), "state 'm' of parameter 0 is float64 (1,)"),
         (_put("optimizer/3/velocity", lambda arrays: arrays["optimizer/3/m"]), "keeps no state 'velocity'"),
         (_put("optimizer/9/m", lambda arrays: arrays["optimizer/3/m"]), "for none of its 4 parameters"),
+        (_put("optimizer/4/m", lambda arrays: arrays["optimizer/3/m"]), "for none of its 4 parameters"),  # just past
+        (_put("optimizer/0/m", lambda arrays: arrays["optimizer/0/m"].astype("int64")), "not a floating array"),
         (lambda arrays, meta: arrays.pop("model/2.bias"), r"missing \['2.bias'\]"),
         (_put("model/2.bias", lambda arrays: np.zeros(3)), "'2.bias': state dict has shape (3,)"),
         (_set("callbacks", [{"type": "EarlyStopping", "values": {}}]), "callbacks ['EarlyStopping'], this run has []"),
