@@ -423,3 +423,21 @@ def test_an_npy_header_claiming_megabytes_is_refused_before_it_is_read(tmp_path)
     raised, peak = _peak(lambda: bp.io.load_weights(bp.nn.Linear(4, 8), path))
     assert peak < 16 * MiB
     assert isinstance(raised, FileFormatError) and "has a header of 52428800 bytes" in str(raised), raised
+
+
+def test_weights_of_the_same_rank_but_another_shape_are_refused(tmp_path):
+    bp.manual_seed(0)
+    bp.io.save_weights(bp.nn.Linear(3, 5), tmp_path / "w.npz")
+    other = bp.nn.Linear(5, 3)  # weight (5, 3) against a saved (3, 5): same rank, other shape
+    before = _values(other)
+    with pytest.raises(FileFormatError, match=r"parameter '(weight|bias)': state dict has shape"):
+        bp.io.load_weights(other, tmp_path / "w.npz")
+    assert _unchanged(other, before)
+
+
+def test_an_npz_member_holding_more_bytes_than_its_header_declares_is_refused(tmp_path):
+    model = bp.nn.Linear(4, 8)
+    members = {"weight.npy": _npy(np.zeros((4, 8))) + bytes(64), "bias.npy": _npy(np.zeros(8))}
+    path = _zip(tmp_path / "w.npz", members)
+    with pytest.raises(FileFormatError, match=r"array 'weight' declares shape \(4, 8\).*but holds 320"):
+        bp.io.load_weights(model, path)
