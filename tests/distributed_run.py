@@ -37,7 +37,8 @@ def main(out, backend, optimizer, capture, fail_at=None):
     world = bp.distributed.world()
     with bp.use_backend(backend):
         bp.manual_seed(world.rank)  # different on every rank
-        model = bp.nn.mlp([4, 8, 3], "tanh", dtype="float64")
+        hidden = int(os.environ.get("RUN_HIDDEN_RANK_1", 8)) if world.rank == 1 else 8  # a rank built otherwise
+        model = bp.nn.mlp([4, hidden, 3], "tanh", dtype="float64")
         if optimizer == "sgd":
             opt = bp.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         else:

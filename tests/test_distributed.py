@@ -182,3 +182,10 @@ def test_a_distributed_run_resumed_from_its_checkpoint_is_the_uninterrupted_one(
     want, got = np.load(tmp_path / "whole.npz"), np.load(tmp_path / "resumed.npz")
     for name in want.files:
         np.testing.assert_array_equal(got[name], want[name], strict=True, err_msg=name)
+
+
+def test_a_rank_that_built_another_model_is_a_clear_error_at_the_start(tmp_path):
+    result = _launch(2, tmp_path / "rank0.npz", "numpy", "sgd", 0, RUN_HIDDEN_RANK_1=9, timeout=60)
+    assert result.returncode != 0
+    assert "ConfigError: rank 1 built a different model than rank 0" in result.stderr, result.stderr
+    assert not (tmp_path / "rank0.npz").exists()
