@@ -12,7 +12,9 @@ Under mpiexec every process (a rank) holds the whole model. `fit` then:
 - averages the gradients over the ranks in a gradient hook (`AllReduce`: one flat buffer per
   dtype, in buckets), which a captured step records and replays with the step;
 - sums the epoch's loss and accuracy over the ranks, so every rank sees the same record and
-  callbacks (EarlyStopping) decide alike; only rank 0 shows progress and writes checkpoints.
+  callbacks (EarlyStopping) decide alike; only rank 0 shows progress and writes checkpoints;
+- evaluates the validation set in shards (rank r takes rows r::W, every sample once) and sums the
+  ranks' losses and counts, so the record is the whole set's mean, weighted by sample.
 
 Without mpiexec (or with one process) the world is a single rank and nothing of this runs. A rank
 that fails ends the whole job (MPI_Abort) instead of leaving the others waiting.
@@ -159,6 +161,7 @@ class AllReduce:
 
     def __init__(self, world: World | None = None):
         self.world = world or globals()["world"]()
+        self.calls, self.seconds = 0, 0.0  # all-reduces so far and their time (copies included)
 
     def __call__(self, grads: list) -> list:
         if self.world.size == 1:
@@ -180,6 +183,12 @@ class AllReduce:
 
     def _average(self, flat):
         """The ranks' mean of `flat` (a new array on its backend)."""
+        began = time.perf_counter()
+        result = self._host_average(flat)
+        self.calls, self.seconds = self.calls + 1, self.seconds + time.perf_counter() - began
+        return result
+
+    def _host_average(self, flat):
         host = np.ascontiguousarray(to_numpy(flat))
         total = np.empty_like(host)
         step = max(1, BUCKET_BYTES // max(1, host.itemsize))

@@ -354,13 +354,30 @@ def evaluate(model, loss_fn, data, batch_size: int = 1000, metrics=("accuracy",)
 
     Empty data is a ConfigError (a mean over no samples has no value); inf or NaN inputs give
     an inf or NaN loss, as they should."""
-    batches = _as_batches(data, batch_size, shuffle=False, what="evaluate's data")
+    return _evaluate(model, loss_fn, _as_batches(data, batch_size, shuffle=False, what="evaluate's data"), metrics)
+
+
+def _evaluate(model, loss_fn, batches: Batches, metrics, reduce_sums=None) -> dict:
+    """evaluate's mean over `batches`; with `reduce_sums`, over the batches of every rank together."""
     tally = _Tally(batches.xp, metrics)
     with _evaluating(model):
         for inputs, targets in batches:
             out = model(Tensor(inputs))
             tally.add(loss_fn(out, targets).data, out.data, targets)
-    return tally.record()
+    return tally.record(reduce_sums)
+
+
+def _validation_shard(validation, batch_size: int, ranks) -> tuple[Batches, bool]:
+    """The validation batches this rank evaluates, and whether they are a shard (rows r::W, every
+    sample on one rank: the ranks' sums then add up to the whole set's). A Batches, or a set of
+    fewer samples than ranks, is evaluated whole on every rank."""
+    size = max(batch_size, 1000)
+    if ranks.size == 1 or isinstance(validation, Batches):
+        return _as_batches(validation, size, False, "the validation set"), False
+    inputs, targets = _pair(validation, "the validation set")
+    if len(inputs) < ranks.size:
+        return Batches(inputs, targets, size, shuffle=False), False
+    return Batches(inputs[ranks.rank :: ranks.size], targets[ranks.rank :: ranks.size], size, shuffle=False), True
 
 
 @no_grad()
@@ -413,7 +430,7 @@ def fit(
     _check_fit_arguments(train, epochs, batch_size, validation, metrics, callbacks, checkpoint)
     ranks = distributed.world()
     batches = _as_batches(train, batch_size, shuffle, "the training set", (ranks.rank, ranks.size))
-    validation = _as_batches(validation, max(batch_size, 1000), False) if validation is not None else None
+    validation, sharded = _validation_shard(validation, batch_size, ranks) if validation is not None else (None, False)
     _check_labels(model, {"training": batches, **({"validation": validation} if validation is not None else {})})
     history, start = History(), 1
     distributed.check_same_setup(model, optimizer)
@@ -435,7 +452,8 @@ def fit(
             record = {"epoch": epoch, **_run_epoch(step, batches, metrics, bar, all_reduce.reduce_sums)}
             _check_finite(record["loss"], epoch, "the training loss")
             if validation is not None:
-                record.update({f"val_{k}": v for k, v in evaluate(model, loss, validation, metrics=metrics).items()})
+                scores = _evaluate(model, loss, validation, metrics, all_reduce.reduce_sums if sharded else None)
+                record.update({f"val_{k}": v for k, v in scores.items()})
                 _check_finite(record["val_loss"], epoch, "the validation loss", "the model overflows on that set")
             record["seconds"] = time.perf_counter() - began
             bar.set_postfix({k: round(v, 4) for k, v in record.items() if k not in ("epoch", "seconds")})

@@ -44,7 +44,7 @@ def _single_process(backend, optimizer, ranks):
         opt = (bp.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if optimizer == "sgd"
                else bp.optim.Adam(model.parameters(), lr=0.01))  # fmt: skip
         history = bp.fit(model, bp.losses.cross_entropy, opt, script.data(), script.EPOCHS,
-                         script.PER_RANK_BATCH * ranks, progress=False)  # fmt: skip
+                         script.PER_RANK_BATCH * ranks, progress=False, validation=script.validation())  # fmt: skip
         return {name: bp.to_numpy(a) for name, a in model.state_dict().items()}, history
 
 
@@ -70,8 +70,8 @@ def test_ranks_at_batch_b_train_what_one_process_trains_at_batch_w_times_b(
     weights, history = _single_process(backend, optimizer, ranks)
     for name, want in weights.items():  # 60 steps (5 epochs of 12) at 2 ranks, 40 at 3
         np.testing.assert_allclose(saved[name], want, rtol=1e-12, atol=1e-14, err_msg=name)
-    np.testing.assert_allclose(saved["loss"], history["loss"], rtol=1e-12)
-    np.testing.assert_allclose(saved["accuracy"], history["accuracy"], rtol=1e-12)
+    for record in ("loss", "accuracy", "val_loss", "val_accuracy"):  # validation: shards of 37 rows, weighed
+        np.testing.assert_allclose(saved[record], history[record], rtol=1e-12, err_msg=record)
 
 
 def test_a_rank_that_fails_ends_the_whole_job_quickly(tmp_path):
