@@ -68,11 +68,18 @@ def write_results(results: dict, out: Path, name: str) -> None:
             f"{results['memory']['captured']:.2f}x (parameters + gradients + optimizer state + one batch's "
             "activations)."
         )
-    text = "\n".join(header + [format_run(run) for run in results["runs"]]) + "\n"
+    sections = [format_run(run) for run in results["runs"]]
+    if "scaling" in results:
+        from .scaling import format_scaling
+
+        skipped = results["scaling"].get("skipped")
+        sections.append(f"\n### scaling: not run: {skipped}" if skipped else format_scaling(results["scaling"]))
+    text = "\n".join(header + sections) + "\n"
     atomic_write(out / f"{name}.md", lambda f: f.write(text.encode()))
     atomic_write(out / f"{name}.json", lambda f: f.write(json.dumps(results, indent=2).encode()))
     try:
-        _chart(results, out / f"{name}.png")
+        if results["runs"]:
+            _chart(results, out / f"{name}.png")
     except ImportError:
         print("matplotlib is not installed: no chart", file=sys.stderr)
 

@@ -6,7 +6,8 @@ in. backprop runs twice per backend: its eager step, and the same step captured 
 (backprop.TrainStep: a traced program; a CUDA graph on CuPy).
 
 --device cpu   every installed backend against the per-sample loop, hand-vectorized NumPy, the
-               GEMM-only step and PyTorch eager, at 1 and all BLAS threads
+               GEMM-only step and PyTorch eager, at 1 and all BLAS threads; and (scaling) the L
+               network's data-parallel throughput at 1 and 2 ranks under mpiexec (bench/scaling.py)
 --device gpu   CuPy and PyTorch CUDA tensors against hand-vectorized CuPy, the GEMM-only step
                and PyTorch CUDA eager, each run timed between device synchronizations; L also
                at batch 1024
@@ -30,7 +31,7 @@ import numpy as np
 import backprop as bp
 from backprop.backends import BACKENDS
 
-from . import peers, report
+from . import peers, report, scaling
 
 HERE = Path(__file__).resolve().parent
 
@@ -417,9 +418,20 @@ def run_suite(dev: Device, configs, thread_settings, repeats: int) -> dict:
                        "targets": [c for c in checked if c is not None]}  # fmt: skip
                 results["runs"].append(run)
                 print(report.format_run(run), flush=True)
-    if dev.name == "cpu":
+    if dev.name == "cpu" and configs:
         results["memory"] = {"eager": peak_memory(False), "captured": peak_memory(True)}
     return results
+
+
+def run_scaling(quick: bool, repeats: int) -> dict:
+    """The scaling configuration (bench/scaling.py), or why it did not run (no MPI here)."""
+    try:
+        result = scaling.run(steps=10 if quick else 40, rounds=max(1, repeats // 2 if quick else repeats))
+    except RuntimeError as error:
+        print(f"\nscaling: not run: {error}", flush=True)
+        return {"skipped": str(error)}
+    print(scaling.format_scaling(result), flush=True)
+    return result
 
 
 def configs_for(names, quick: bool, dev: Device) -> list:
@@ -436,13 +448,13 @@ def configs_for(names, quick: bool, dev: Device) -> list:
     return [make for name in names for make in builders[name]]
 
 
-CONFIGS = ("S", "L", "AE", "layer")
+CONFIGS = ("S", "L", "AE", "layer", "scaling")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="backprop bench", description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
-    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated: S, L, AE, layer")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated: {', '.join(CONFIGS)}")
     parser.add_argument("--threads", default=None, help="BLAS/torch thread settings (default: 1,all; all on a GPU)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="fewer steps (for smoke runs)")
@@ -457,11 +469,18 @@ def main(argv=None) -> int:
         dev = gpu_device() if args.device == "gpu" else cpu_device()
     except RuntimeError as error:
         parser.error(str(error))
+    if "scaling" in names and dev.name == "gpu":
+        parser.error(
+            "the scaling configuration runs on the CPU (ranks of one BLAS thread): leave it out with --device gpu"
+        )
     threads = (args.threads or ("all" if dev.name == "gpu" else "1,all")).split(",")
-    results = run_suite(dev, configs_for(names, args.quick, dev), threads, args.repeats)
+    in_process = [n for n in names if n != "scaling"]
+    results = run_suite(dev, configs_for(in_process, args.quick, dev), threads if in_process else [], args.repeats)
+    if "scaling" in names:
+        results["scaling"] = run_scaling(args.quick, args.repeats)
     name = args.name or dev.name
     report.write_results(results, Path(args.out), name)
-    print(f"\nresults written to {args.out}/{name}.{{md,json,png}}")
+    print(f"\nresults written to {args.out}/{name}.{{md,json{',png' if results['runs'] else ''}}}")
     return 0
 
 

@@ -79,3 +79,33 @@ def test_the_sparse_autoencoder_peers_agree(suite):
         suite.peers.sparse_ae_loop_gradient(*params, x), suite.peers.sparse_ae_numpy_gradient(*params, x), strict=True
     ):
         np.testing.assert_allclose(loop, vectorized, rtol=1e-10, atol=1e-13, strict=True)
+
+
+def test_the_ring_all_reduce_model_is_the_textbook_formula(suite):
+    ring = suite.scaling.ring_all_reduce_seconds
+    assert ring(4e6, 1, 1e9, 1e-5) == 0.0
+    assert ring(4e6, 2, 1e9, 0.0) == pytest.approx(2 * 1 * 2e6 / 1e9)  # 2(W-1) messages of S/W
+    assert ring(4e6, 512, 1e9, 0.0) == pytest.approx(2 * 511 / 512 * 4e6 / 1e9)  # -> 2S/B
+    assert ring(0.0, 8, 1e9, 3e-6) == pytest.approx(14 * 3e-6)  # the latency term alone
+    rows = suite.scaling.model_table(0.004, 2_678_824, 128)
+    assert len(rows) == len(suite.scaling.NETWORKS) * len(suite.scaling.MODEL_RANKS)
+    for row in rows:
+        assert row["efficiency"] == pytest.approx(4.0 / row["step_ms"]) and row["share"] + row[
+            "efficiency"
+        ] == pytest.approx(1)
+    slow = [r["efficiency"] for r in rows if r["network"].startswith("10 Gb/s")]
+    assert slow == sorted(slow, reverse=True)  # more ranks, lower efficiency
+
+
+def test_the_scaling_configuration_runs_one_and_two_ranks_under_mpiexec(suite, tmp_path):
+    if suite.scaling.mpiexec() is None:
+        pytest.skip('needs mpi4py and an MPI library: pip install "backprop[mpi]"')
+    args = ["--quick", "--repeats", "1", "--configs", "scaling", "--out", str(tmp_path), "--name", "scale"]
+    assert suite.main(args) == 0
+    result = json.loads((tmp_path / "scale.json").read_text())["scaling"]
+    assert set(result["ranks"]) == {"1", "2"} and result["ranks"]["1"]["all_reduce_ms"] == 0
+    assert result["ranks"]["2"]["all_reduce_ms"] > 0 and result["ranks"]["2"]["mode"] == "traced"
+    assert result["speedup"] > 0 and isinstance(result["target"]["met"], bool)
+    assert result["gradient_bytes"] == 4 * (784 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10)
+    table = (tmp_path / "scale.md").read_text()
+    assert "| 2 |" in table and "Ring all-reduce model" in table and not (tmp_path / "scale.png").exists()
