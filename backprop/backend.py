@@ -76,9 +76,15 @@ def namespace_of(array):
 
 
 def make_backend(name: str, device=None) -> Backend:
-    """Resolve `name` (and `device`, checked against the devices there are) into a Backend."""
+    """Resolve `name` (and `device`, checked against the devices there are) into a Backend.
+    Without a device, a GPU backend under mpiexec takes the local rank's GPU (distributed.local_device)."""
     entry = get_entry(name)
-    return Backend(name, entry.namespace(), entry.device(device))
+    namespace = entry.namespace()
+    if device is None and entry.on_gpu:
+        from backprop.distributed import local_device
+
+        device = local_device(entry)
+    return Backend(name, namespace, entry.device(device))
 
 
 _default: Backend | None = None  # resolved from BACKPROP_BACKEND on first use, so importing never fails

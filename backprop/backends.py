@@ -172,6 +172,15 @@ class BackendEntry:
         share a key. Libraries whose arrays cannot be written in place: the array, by identity."""
         return id(array)
 
+    def host_callback(self, function, array):
+        """`function` (a host NumPy array -> one of the same shape and dtype) applied to `array`, the
+        result on `array`'s backend and device. Where a compiled step cannot call host code as it
+        is (JAX), the entry wraps it in the library's callback."""
+        import numpy as np
+
+        result = function(self.to_host(array))
+        return result if isinstance(array, np.ndarray) else self.namespace().asarray(result, device=array.device)
+
     def synchronize(self, arrays=()) -> None:
         """Wait until queued work on `arrays` (or the device) is done: for timing."""
 
@@ -363,6 +372,15 @@ class JaxBackend(BackendEntry):
 
     def readable(self, array) -> bool:
         return all(device.platform == "cpu" for device in array.devices())
+
+    def host_callback(self, function, array):
+        """An ordered io_callback: runs once per call, inside a jax.jit too (an MPI all-reduce)."""
+        import jax
+        import numpy as np
+        from jax.experimental import io_callback
+
+        shape = jax.ShapeDtypeStruct(array.shape, array.dtype)
+        return io_callback(lambda host: function(np.asarray(host)), shape, array, ordered=True)
 
     def synchronize(self, arrays=()) -> None:
         import jax

@@ -10,7 +10,9 @@ Under mpiexec every process (a rank) holds the whole model. `fit` then:
   PyTorch's DistributedSampler(drop_last=True)). So W ranks at batch b visit, step by step, exactly
   the samples one process visits at batch W*b, and train the same network to round-off;
 - averages the gradients over the ranks in a gradient hook (`AllReduce`: one flat buffer per
-  dtype, in buckets), which a captured step records and replays with the step;
+  dtype, in buckets), which a captured step records and replays with the step; CuPy arrays are
+  summed by NCCL on the GPU (one GPU per rank: local rank i takes GPU i), on the step's stream,
+  so a CUDA graph of the step holds the all-reduce; other backends' arrays go through host memory;
 - sums the epoch's loss and accuracy over the ranks, so every rank sees the same record and
   callbacks (EarlyStopping) decide alike; only rank 0 shows progress and writes checkpoints;
 - evaluates the validation set in shards (rank r takes rows r::W, every sample once) and sums the
@@ -34,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from backprop.backend import get_rng_state, namespace_of, set_rng_state, to_numpy
+from backprop.backend import backend_of, get_rng_state, namespace_of, set_rng_state, to_numpy
 from backprop.errors import ConfigError, MissingDependency
 
 # set by the MPI launchers of MPICH (Hydra), Open MPI, Intel MPI and PMIx-based ones
@@ -139,7 +141,7 @@ def broadcast_state(model, optimizer=None) -> None:
     current = world()
     if current.size == 1:
         return
-    weights = {name: np.ascontiguousarray(to_numpy(array)) for name, array in model.state_dict().items()}
+    weights = {name: np.array(to_numpy(array), order="C") for name, array in model.state_dict().items()}  # writable
     for array in weights.values():
         current.comm.Bcast(array, root=0)
     model.load_state_dict(weights)
@@ -155,14 +157,17 @@ class AllReduce:
     """A gradient hook (`fit(..., gradient_hooks=[...])`, `TrainStep`): each gradient averaged over
     the ranks, as one flat buffer per dtype summed in buckets of at most BUCKET_BYTES. Inside a
     captured step the sum is one recorded call, replayed with the step (`backprop.trace.external`).
-    Arrays of other backends go through host memory."""
+    CuPy arrays are summed by NCCL; other backends' arrays go through host memory (inside a
+    jax.jit step, through an ordered io_callback). `calls` and `seconds` count what went through
+    the host and NCCL calls launched from Python (not those inside a CUDA graph)."""
 
     hyperparameters = ()
 
     def __init__(self, world: World | None = None):
         self.world = world or globals()["world"]()
-        self.calls, self.seconds = 0, 0.0  # all-reduces so far and their time (copies included)
+        self.calls, self.seconds = 0, 0.0  # host all-reduces so far and their time (copies included)
         self._buffers: dict = {}
+        self._nccl = None  # cupy.cuda.nccl.NcclCommunicator, made on first use
 
     def __call__(self, grads: list) -> list:
         if self.world.size == 1:
@@ -183,21 +188,51 @@ class AllReduce:
         return out
 
     def _average(self, flat):
-        """The ranks' mean of `flat` (a new array on its backend)."""
-        began = time.perf_counter()
-        result = self._host_average(flat)
+        """The ranks' mean of `flat` (a new array on its backend): through NCCL for CuPy arrays
+        where CuPy has it, else through host memory and MPI."""
+        return self._nccl_average(flat) if _nccl_for(flat) else self._host_average(flat)
+
+    def _count(self, began: float) -> None:
         self.calls, self.seconds = self.calls + 1, self.seconds + time.perf_counter() - began
-        return result
 
     def _host_average(self, flat):
-        host = np.ascontiguousarray(to_numpy(flat))
+        if _capturing_on_gpu(flat):
+            raise RuntimeError(
+                "the gradients are all-reduced through host memory (this CuPy has no NCCL), "
+                "which a CUDA graph cannot hold"
+            )
+        return backend_of(namespace_of(flat)).host_callback(self._mpi_mean, flat)
+
+    def _mpi_mean(self, host: np.ndarray) -> np.ndarray:
+        began = time.perf_counter()
+        host = np.ascontiguousarray(host)
         total = self._receiver(host)
         step = max(1, BUCKET_BYTES // max(1, host.itemsize))
         for start in range(0, host.size, step):
             self.world.comm.Allreduce(host[start : start + step], total[start : start + step])
         mean = total / self.world.size
-        xp = namespace_of(flat)
-        return mean if isinstance(flat, np.ndarray) else xp.asarray(mean, device=getattr(flat, "device", None))
+        self._count(began)
+        return mean
+
+    def _nccl_average(self, flat):
+        """NCCL's sum on the GPU, on the current stream (so a CUDA graph of the step captures it),
+        divided by the number of ranks; the communicator is made on the first (eager) call."""
+        import cupy
+        from cupy.cuda import nccl
+
+        if self._nccl is None:
+            unique = nccl.get_unique_id() if self.world.is_main else None
+            self._nccl = nccl.NcclCommunicator(self.world.size, self.world.comm.bcast(unique, root=0), self.world.rank)
+        kind = _NCCL_TYPES.get(str(flat.dtype))
+        if kind is None:
+            raise TypeError(f"NCCL cannot all-reduce {flat.dtype} gradients (it takes {', '.join(_NCCL_TYPES)})")
+        began = time.perf_counter()
+        total = cupy.empty_like(flat)
+        stream = cupy.cuda.get_current_stream().ptr
+        self._nccl.allReduce(flat.data.ptr, total.data.ptr, flat.size, getattr(nccl, kind), nccl.NCCL_SUM, stream)
+        total /= self.world.size
+        self._count(began)  # the launch only (NCCL runs asynchronously); replays of a CUDA graph are not seen
+        return total
 
     def _receiver(self, host):
         """The host buffer the sums arrive in, kept from step to step: a new one each step was
@@ -215,6 +250,36 @@ class AllReduce:
         total = np.empty_like(host)
         self.world.comm.Allreduce(host, total)
         return total.tolist()
+
+
+_NCCL_TYPES = {"float16": "NCCL_FLOAT16", "float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64"}
+
+
+def _nccl_for(array) -> bool:
+    """Whether `array` is a CuPy array and CuPy was built with NCCL."""
+    if type(array).__module__.split(".")[0] != "cupy":
+        return False
+    from cupy.cuda import nccl
+
+    return bool(getattr(nccl, "available", False))
+
+
+def _capturing_on_gpu(array) -> bool:
+    if type(array).__module__.split(".")[0] != "cupy":
+        return False
+    import cupy
+
+    return cupy.cuda.get_current_stream().is_capturing()
+
+
+def local_device(entry):
+    """The GPU this rank uses when none is named (BACKPROP_DEVICE, set_backend's device): under
+    mpiexec, local rank i of a host takes its GPU i mod the GPUs there, one GPU per rank as NCCL
+    needs. None for a single process or a backend off the GPU."""
+    if not entry.on_gpu or not launched() or world().size == 1:
+        return None
+    devices = entry.devices()
+    return devices[world().local_rank % len(devices)] if devices else None
 
 
 def _by_dtype(grads: list) -> dict:

@@ -56,13 +56,18 @@ def _single_process(backend, optimizer, ranks):
         ("numpy", "adam", False, 3),
         ("array_api_strict", "adam", True, 2),
         ("torch", "sgd", True, 2),
+        ("jax", "adam", True, 2),  # the all-reduce inside jax.jit, an ordered io_callback
+        ("cupy", "adam", True, 2),  # NCCL, one GPU per rank, the all-reduce in the CUDA graph
     ],
 )
 def test_ranks_at_batch_b_train_what_one_process_trains_at_batch_w_times_b(
     tmp_path, backend, optimizer, capture, ranks
 ):
-    if bp.backends.get_entry(backend).unavailable():
-        pytest.skip(f"{backend} is not available here")
+    entry = bp.backends.get_entry(backend)
+    if entry.unavailable():
+        pytest.skip(f"{backend} is not available here: {entry.unavailable()}")
+    if entry.on_gpu and len(entry.devices()) < ranks:
+        pytest.skip(f"NCCL needs a GPU per rank: {ranks} ranks, {len(entry.devices())} GPU(s) here")
     out = tmp_path / "rank0.npz"
     result = _launch(ranks, out, backend, optimizer, int(capture))
     assert result.returncode == 0, result.stderr
@@ -189,3 +194,69 @@ def test_a_rank_that_built_another_model_is_a_clear_error_at_the_start(tmp_path)
     assert result.returncode != 0
     assert "ConfigError: rank 1 built a different model than rank 0" in result.stderr, result.stderr
     assert not (tmp_path / "rank0.npz").exists()
+
+
+class _OneRank:
+    def bcast(self, value, root=0):
+        return value
+
+
+def test_cupy_gradients_are_summed_by_nccl_on_the_gpu():
+    entry = bp.backends.get_entry("cupy")
+    if entry.unavailable():
+        pytest.skip(f"cupy is not available here: {entry.unavailable()}")
+    import cupy
+
+    from backprop import distributed
+
+    if not distributed._nccl_for(cupy.zeros(1)):
+        pytest.skip("this CuPy was built without NCCL")
+    hook = AllReduce(World(_OneRank(), 0, 1, 0))  # a one-rank NCCL communicator: one GPU is enough
+    flat = cupy.asarray(np.random.default_rng(0).normal(size=1000))
+    total = hook._average(flat)
+    assert hook._nccl is not None and hook.calls == 1 and isinstance(total, cupy.ndarray)
+    np.testing.assert_array_equal(total.get(), flat.get(), strict=True)
+    with pytest.raises(TypeError, match="NCCL cannot all-reduce int64"):
+        hook._average(cupy.arange(3))
+
+
+def test_a_gpu_backend_under_mpiexec_takes_the_local_ranks_gpu(monkeypatch):
+    from backprop import distributed
+
+    class Gpus:
+        on_gpu = True
+
+        def devices(self):
+            return ["cuda:0", "cuda:1"]
+
+    monkeypatch.setenv("PMI_RANK", "3")
+    monkeypatch.setattr(distributed, "_world", World(None, 3, 4, 3))
+    assert distributed.local_device(Gpus()) == "cuda:1"  # local rank 3 of a host with 2 GPUs
+    monkeypatch.setattr(distributed, "_world", World(None, 0, 1, 0))
+    assert distributed.local_device(Gpus()) is None  # one process: the default device
+
+
+def test_a_jitted_jax_step_all_reduces_through_an_ordered_host_callback():
+    if bp.backends.get_entry("jax").unavailable():
+        pytest.skip("jax is not available here")
+    x, y = np.random.default_rng(1).normal(size=(5, 3)), np.random.default_rng(2).normal(size=(5, 2))
+
+    def train(backend, capture):
+        hook = AllReduce(World(_TwoRanks(), 0, 2, 0))  # the other rank's gradients: this one's x3
+        with bp.use_backend(backend):
+            bp.manual_seed(0)
+            model = bp.nn.mlp([3, 4, 2], "tanh", dtype="float64")
+            opt = bp.optim.SGD(model.parameters(), 0.1, momentum=0.9)
+            step = bp.TrainStep(model, bp.losses.mse_loss, opt, capture=capture, gradient_hooks=[hook])
+            inputs, targets = bp.get_backend().asarray(x), bp.get_backend().asarray(y)
+            for _ in range(7):
+                step(inputs, targets)
+            return {k: bp.to_numpy(v) for k, v in model.state_dict().items()}, step.mode, hook.calls
+
+    want, _, _ = train("numpy", False)
+    got, mode, calls = train("jax", True)
+    # every call all-reduces once, the compiled replays too; the third, which checks the replay
+    # against the eager step, twice (on every rank alike)
+    assert mode == "jit" and calls == 8
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=1e-14, err_msg=name)
