@@ -94,6 +94,7 @@ def _train_parser(commands) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="backprop", description="Backpropagation on any array-API backend.")
+    parser.add_argument("--version", action="version", version=f"backprop {bp.__version__}")
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
     _train_parser(commands)
     commands.add_parser("info", help="backends, versions, devices and the BLAS in use")

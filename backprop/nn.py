@@ -20,9 +20,11 @@ import math
 from itertools import pairwise
 
 import numpy as np
+from array_api_compat import is_array_api_obj
 
 from backprop import changes, ops
-from backprop.backend import dtype_name, get_backend, host_rng, make_backend, to_numpy
+from backprop.backend import dtype_name, get_backend, host_rng, make_backend, namespace_of, to_numpy
+from backprop.backends import backend_of
 from backprop.errors import ConfigError, UserError
 from backprop.tensor import Tensor
 
@@ -56,7 +58,31 @@ class Module:
     fused_activation: str | None = None
 
     def __call__(self, *args, **kwargs):
+        if args and not isinstance(args[0], Tensor):
+            args = (self._as_input(args[0]), *args[1:])
         return self.forward(*args, **kwargs)
+
+    def _as_input(self, value) -> Tensor:
+        """An array given to a model (rather than a Tensor), as a constant input: a host array (NumPy,
+        a list) moves to the backend, device and dtype of the model's parameters (as Keras casts
+        inputs to the layer's dtype); an array of that backend
+        is taken as it is; anything else is a ConfigError saying what to pass."""
+        first = next(iter(self.parameters()), None)
+        if isinstance(value, (np.ndarray, np.generic, list, tuple)):
+            host = np.asarray(value)
+            if host.dtype.kind not in "biuf":
+                raise ConfigError(f"{type(self).__name__} takes numbers, got an array of {host.dtype}")
+            if first is None:
+                return Tensor(host)
+            return Tensor(first.xp.asarray(host, dtype=first.data.dtype, device=first.device))
+        if not is_array_api_obj(value):
+            raise ConfigError(f"{type(self).__name__} takes a Tensor or an array, got {type(value).__name__}")
+        if first is not None and namespace_of(value) is not first.xp:
+            raise ConfigError(
+                f"{type(self).__name__}'s parameters are {backend_of(first.xp).name} arrays and the input is a "
+                f"{backend_of(namespace_of(value)).name} array: move one of them (model.to(...), bp.to_numpy(x))"
+            )
+        return Tensor(value)
 
     def __setattr__(self, name: str, value) -> None:
         object.__setattr__(self, name, value)
@@ -160,7 +186,17 @@ class Module:
             p.data = arrays[id(p)]
 
     def to(self, backend: str | None = None, device=None, dtype: str | None = None) -> Module:
-        """Move every parameter to another backend and/or device and/or floating dtype (in place)."""
+        """Move every parameter to another backend and/or device and/or floating dtype (in place).
+
+        Unlike PyTorch's `to("cpu")`, the first argument is a backend: `to("torch", device="cuda:0")`."""
+        if backend is not None and str(backend).split(":")[0] in ("cpu", "cuda", "gpu", "mps"):
+            raise ConfigError(
+                f"to() takes a backend first (numpy, torch, cupy, ...), then device=: got {backend!r}; "
+                f"e.g. to('torch', device={backend!r}), or to(device={backend!r}) on the current backend"
+            )
+        if backend is None and device is not None:  # another device of the parameters' own backend
+            first = next(iter(self.parameters()), None)
+            backend = backend_of(first.xp).name if first is not None else get_backend().name
         target = make_backend(backend, device) if backend else None
         for p in self.parameters():
             host = to_numpy(p.data)

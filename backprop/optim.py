@@ -66,6 +66,23 @@ def _checked(name: str, value):
     return value
 
 
+def _parameter_list(params, optimizer: str) -> list:
+    """`params` (an iterable of trainable Tensors, or a Module: its parameters) as a list, or a
+    ConfigError naming what was passed."""
+    if callable(getattr(params, "parameters", None)):  # a Module, as Keras and optax users pass one
+        params = params.parameters()
+    if isinstance(params, Tensor) or not hasattr(params, "__iter__"):
+        raise ConfigError(f"{optimizer} takes model.parameters() or a model, got {type(params).__name__}")
+    params = list(params)
+    if not params:
+        raise ConfigError(f"{optimizer} got no parameters to optimize")
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor) or not p.requires_grad:
+            what = type(p).__name__ if not isinstance(p, Tensor) else "Tensor without requires_grad"
+            raise ConfigError(f"{optimizer} takes trainable parameters (model.parameters()): item {i} is a {what}")
+    return params
+
+
 class Optimizer:
     """Holds the parameters, their state arrays and the step count; subclasses define `_delta`.
 
@@ -83,9 +100,7 @@ class Optimizer:
     lr = _Setting("lr", noted=False)  # a step number: checked, passed to captured steps on every call
 
     def __init__(self, params, lr: float):
-        self.params = list(params)
-        if not self.params:
-            raise ConfigError(f"{type(self).__name__} got no parameters to optimize")
+        self.params = _parameter_list(params, type(self).__name__)
         for name in self.hyperparameters:  # class-level defaults, as instance values
             default = getattr(type(self), name).default
             if default is not _Setting._none and name not in vars(self):

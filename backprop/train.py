@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 from array_api_compat import device as device_of
+from array_api_compat import is_array_api_obj
 
 from backprop import distributed
 from backprop.backend import copy_array, get_backend, namespace_of, to_numpy
@@ -132,7 +133,7 @@ def _pair(data, what: str):
     """`data` = (inputs, targets) as host arrays, or a ConfigError naming `what`."""
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise ConfigError(f"{what} must be (inputs, targets) or a Batches, got {type(data).__name__}")
-    inputs, targets = np.asarray(data[0]), np.asarray(data[1])
+    inputs, targets = _host(data[0]), _host(data[1])
     if inputs.ndim == 0 or targets.ndim == 0:
         raise ConfigError(f"{what}: inputs and targets must be arrays with a row per sample, not scalars")
     if len(inputs) != len(targets):
@@ -140,6 +141,25 @@ def _pair(data, what: str):
     if len(inputs) == 0:
         raise ConfigError(f"{what} is empty (0 samples)")
     return inputs, targets
+
+
+def _host(value) -> np.ndarray:
+    """A host array of a Tensor, a backend array or anything NumPy takes."""
+    value = value.data if isinstance(value, Tensor) else value
+    return to_numpy(value) if is_array_api_obj(value) and not isinstance(value, np.ndarray) else np.asarray(value)
+
+
+def _loss_function(loss):
+    """`loss` as a function: a name of backprop.losses.LOSSES ("cross_entropy", "mse", ...) or a callable."""
+    from backprop.losses import LOSSES
+
+    if isinstance(loss, str):
+        if loss not in LOSSES:
+            raise ConfigError(f"unknown loss {loss!r}; known losses: {', '.join(LOSSES)} (or pass a function)")
+        return LOSSES[loss]
+    if not callable(loss):
+        raise ConfigError(f"loss must be a function loss(outputs, targets) or a name, got {type(loss).__name__}")
+    return loss
 
 
 def _as_batches(data, batch_size: int, shuffle: bool, what: str = "the data", shard=(0, 1)) -> Batches:
@@ -354,7 +374,8 @@ def evaluate(model, loss_fn, data, batch_size: int = 1000, metrics=("accuracy",)
 
     Empty data is a ConfigError (a mean over no samples has no value); inf or NaN inputs give
     an inf or NaN loss, as they should."""
-    return _evaluate(model, loss_fn, _as_batches(data, batch_size, shuffle=False, what="evaluate's data"), metrics)
+    batches = _as_batches(data, batch_size, shuffle=False, what="evaluate's data")
+    return _evaluate(model, _loss_function(loss_fn), batches, metrics)
 
 
 def _evaluate(model, loss_fn, batches: Batches, metrics, reduce_sums=None) -> dict:
@@ -385,7 +406,7 @@ def predict(model, inputs, batch_size: int = 1000):
     """The model's outputs for `inputs` (host or backend array), as one backend array.
 
     No rows give an empty array of shape (0, outputs), as `model(x[:0])` does in PyTorch."""
-    host = to_numpy(inputs)
+    host = _host(inputs)
     if host.ndim == 0:
         raise ConfigError("predict needs an array with a row per sample, not a scalar")
     with _evaluating(model):
@@ -416,7 +437,9 @@ def fit(
 ) -> History:
     """Train `model` on `train` = (inputs, targets) host arrays (or Batches) for `epochs` epochs.
 
-    `loss(outputs, targets)` gives a scalar tensor; `validation` is evaluated after each epoch.
+    `loss(outputs, targets)` gives a scalar tensor (or a name: "cross_entropy", "mse", ...);
+    `train` and `validation` hold host arrays, backend arrays or Tensors; `validation` is
+    evaluated after each epoch.
     `callbacks` have `on_epoch_end(model, record) -> bool` (True stops training); one with state
     to checkpoint has `state_dict()`, `load_state_dict(state)` and `check_state_dict(state, model)`.
     `checkpoint` (a .npz path) is written after every epoch; `resume` (a checkpoint path) continues
@@ -427,6 +450,7 @@ def fit(
     Checked before any work (ConfigError): positive integer `epochs` and `batch_size`, known
     `metrics`, and training and validation sets that are not empty and hold no inf or NaN.
     """
+    loss = _loss_function(loss)
     _check_fit_arguments(train, epochs, batch_size, validation, metrics, callbacks, checkpoint)
     ranks = distributed.world()
     batches = _as_batches(train, batch_size, shuffle, "the training set", (ranks.rank, ranks.size))
