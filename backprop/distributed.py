@@ -259,8 +259,10 @@ def _nccl_for(array) -> bool:
     """Whether `array` is a CuPy array and CuPy was built with NCCL."""
     if type(array).__module__.split(".")[0] != "cupy":
         return False
-    from cupy.cuda import nccl
-
+    try:
+        from cupy.cuda import nccl
+    except ImportError:  # a CuPy built without it
+        return False
     return bool(getattr(nccl, "available", False))
 
 
