@@ -255,9 +255,13 @@ class AllReduce:
 _NCCL_TYPES = {"float16": "NCCL_FLOAT16", "float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64"}
 
 
+def _is_cupy(array) -> bool:
+    return type(array).__module__.split(".")[0] == "cupy"
+
+
 def _nccl_for(array) -> bool:
     """Whether `array` is a CuPy array and CuPy was built with NCCL."""
-    if type(array).__module__.split(".")[0] != "cupy":
+    if not _is_cupy(array):
         return False
     try:
         from cupy.cuda import nccl
@@ -267,7 +271,7 @@ def _nccl_for(array) -> bool:
 
 
 def _capturing_on_gpu(array) -> bool:
-    if type(array).__module__.split(".")[0] != "cupy":
+    if not _is_cupy(array):
         return False
     import cupy
 
