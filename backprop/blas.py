@@ -32,5 +32,5 @@ def assert_blas(vendor: str, num_threads: int) -> None:
     """Fail unless NumPy runs on `vendor` with `num_threads` threads (the nox sessions call this)."""
     actual = numpy_blas()
     if actual["vendor"] != vendor or actual["num_threads"] != num_threads:
-        raise SystemExit(f"expected {vendor} with {num_threads} thread(s), but NumPy loaded {actual}")
+        raise SystemExit(f"expected {vendor} with {count(num_threads, 'thread')}, but NumPy loaded {actual}")
     print(f"BLAS as claimed: {actual}")

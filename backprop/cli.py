@@ -24,7 +24,7 @@ import backprop as bp
 from backprop.backend import installed_backends
 from backprop.backends import BACKENDS, BackendError
 from backprop.data import DATASETS
-from backprop.errors import ConfigError, UserError
+from backprop.errors import ConfigError, UserError, count
 from backprop.files import check_writable
 from backprop.train import DivergedError
 
@@ -62,33 +62,61 @@ _positive_float = _number(float, 0.0, False, "a positive number")
 _non_negative_float = _number(float, 0.0, True, "a number >= 0")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help line ends with its default, unless it has none or the line gives it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        absent = default is None or default is False or default is argparse.SUPPRESS
+        if absent or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: {default})".lstrip()
+
+
 def _train_parser(commands) -> None:
-    p = commands.add_parser("train", help="train a multilayer perceptron (default: the bundled digits)")
-    p.add_argument("--dataset", default="digits", choices=[*DATASETS, "spirals"])
-    p.add_argument("--data-dir", help="folder with the dataset's files (default: $BACKPROP_DATA_DIR, the cache)")
+    p = commands.add_parser(
+        "train",
+        help="train a multilayer perceptron (default: the bundled digits)",
+        description="Train a multilayer perceptron and report its accuracy on the test split.",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--dataset", default="digits", choices=[*DATASETS, "spirals"], help="what to train on")
+    p.add_argument("--data-dir", help="folder with the dataset's files (default: $BACKPROP_DATA_DIR, then the cache)")
     p.add_argument(
         "--layers",
         help=f"layer sizes, e.g. 784,30,10 (default: inputs,hidden,classes; at most {MAX_PARAMETERS:,} parameters)",
     )
-    p.add_argument("--activation", default="relu", choices=sorted(bp.nn.ACTIVATIONS))
-    p.add_argument("--loss", default="cross_entropy", choices=sorted(OUTPUT_ACTIVATION))
-    p.add_argument("--optimizer", default="adam", choices=sorted(bp.optim.OPTIMIZERS))
+    p.add_argument("--activation", default="relu", choices=sorted(bp.nn.ACTIVATIONS), help="hidden activation")
+    p.add_argument("--loss", default="cross_entropy", choices=sorted(OUTPUT_ACTIVATION), help="loss function")
+    p.add_argument("--optimizer", default="adam", choices=sorted(bp.optim.OPTIMIZERS), help="optimizer")
     p.add_argument(
         "--lr", type=_positive_float, default=None, help="learning rate (default: 0.01 for Adam, 3.0 for SGD)"
     )
     p.add_argument("--momentum", type=_non_negative_float, default=None, help="SGD momentum (default: 0)")
-    p.add_argument("--init", default="glorot_uniform", choices=sorted(bp.nn.INITIALIZERS))
-    p.add_argument("--batch-size", type=_positive, default=32)
-    p.add_argument("--epochs", type=_positive, default=20)
-    p.add_argument("--backend", default=None, help=f"array backend (installed: {', '.join(installed_backends())})")
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--init", default="glorot_uniform", choices=sorted(bp.nn.INITIALIZERS), help="weight init")
+    p.add_argument("--batch-size", type=_positive, default=32, help="samples per step")
+    p.add_argument("--epochs", type=_positive, default=20, help="passes over the training set")
+    p.add_argument(
+        "--backend",
+        default=None,
+        help=f"array backend (default: $BACKPROP_BACKEND, then numpy; installed: {', '.join(installed_backends())})",
+    )
+    p.add_argument("--device", default=None, help="device of the backend, e.g. cuda:1 (default: $BACKPROP_DEVICE)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="parameter and data dtype")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the initial weights and the shuffling")
     p.add_argument("--plot", metavar="PATH", help="write loss/accuracy curves and first-layer weights here")
-    p.add_argument("--save", metavar="PATH", help="write the trained weights (.npz or .safetensors)")
+    p.add_argument("--save", metavar="PATH", help="write the trained model (.npz or .safetensors)")
     p.add_argument("--checkpoint", metavar="PATH", help="write a resumable checkpoint (.npz) after each epoch")
     p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint written by --checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--verbose",
+        type=int,
+        choices=[0, 1, 2],
+        default=None,
+        help="0 silent, 1 a progress bar, 2 one line per epoch (default: 1 on a terminal, 2 elsewhere)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="the same as --verbose 0")
     p.add_argument("--capture", action="store_true", help="capture the step once, then replay it: same numbers, faster")
 
 
@@ -204,6 +232,8 @@ def check_options(args) -> None:
     """Options that would be ignored, or would do nothing, are errors."""
     if args.momentum is not None and args.optimizer != "sgd":
         raise ConfigError(f"--momentum applies to --optimizer sgd only, not {args.optimizer} (it has betas)")
+    if args.no_progress and args.verbose not in (None, 0):
+        raise ConfigError(f"--no-progress is --verbose 0; it contradicts --verbose {args.verbose}")
     if args.data_dir is not None and args.dataset not in ("mnist", "fashion-mnist"):
         raise ConfigError(f"--data-dir applies to mnist and fashion-mnist; {args.dataset} needs no files")
     if args.resume is not None:
@@ -216,6 +246,10 @@ def check_options(args) -> None:
                 f"--resume {args.resume}: the checkpoint is at epoch {epoch}, so --epochs {args.epochs} "
                 f"leaves nothing to do; give --epochs above {epoch}"
             )
+
+
+def _verbose(args):
+    return 0 if args.no_progress else ("auto" if args.verbose is None else args.verbose)
 
 
 def load_dataset(name: str, data_dir):
@@ -287,12 +321,12 @@ def train(args) -> int:
     on = f" on {ranks.size} processes" if ranks.size > 1 else ""
     say(f"training {model} on {args.dataset} ({len(x)} train, {len(xt)} test) with {bp.get_backend().name}{on}")
     history = bp.fit(model, loss, optimizer, train_set, args.epochs, args.batch_size, validation=test_set,
-                     progress=not args.no_progress, checkpoint=args.checkpoint, resume=args.resume,
+                     verbose=_verbose(args), checkpoint=args.checkpoint, resume=args.resume,
                      capture=args.capture, callbacks=[guard])  # fmt: skip
     last = history.epochs[-1]
     seconds = sum(history["seconds"])
     say(f"final: train accuracy {last['accuracy']:.4f}, test accuracy {last['val_accuracy']:.4f} "
-        f"after {last['epoch']} epochs ({seconds:.1f} s)")  # fmt: skip
+        f"after {count(last['epoch'], 'epoch')} ({seconds:.1f} s)")  # fmt: skip
     if not ranks.is_main:
         return 0
     if args.save:
@@ -329,8 +363,8 @@ def info() -> int:
             print(f"  {name:17} {version:12} unusable: {reason}")
     try:
         blas = bp.blas.numpy_blas()
-        print(f"BLAS (NumPy): {blas['vendor']} {blas['version']} with {blas['num_threads']} thread(s)")
-    except ImportError as error:
+        print(f"BLAS (NumPy): {blas['vendor']} {blas['version']} with {count(blas['num_threads'], 'thread')}")
+    except (ImportError, RuntimeError) as error:  # no threadpoolctl (the message names the extra), or no BLAS it sees
         print(f"BLAS (NumPy): unknown ({error})")
     name, device, source = selected_backend()
     print(f"selected: backend {name}, device {device or 'default'} (from {source})")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from backprop.backend import get_rng_state, set_rng_state, to_numpy
-from backprop.errors import ConfigError, MissingDependency, UserError
+from backprop.errors import ConfigError, MissingDependency, UserError, a
 from backprop.files import MAX_DEFLATE_RATIO, atomic_write, check_writable
 
 
@@ -305,7 +305,7 @@ def load_checkpoint(path, model, optimizer, callbacks=()) -> dict:
     meta = _metadata(path, arrays["meta"])
     if meta["optimizer"]["type"] != type(optimizer).__name__:
         raise FileFormatError(
-            f"{path}: checkpoint holds a {meta['optimizer']['type']} state, not {type(optimizer).__name__}"
+            f"{path}: checkpoint holds {a(meta['optimizer']['type'])} state, not {a(type(optimizer).__name__)}"
         )
     if meta["optimizer"]["count"] != len(optimizer.params):
         raise FileFormatError(

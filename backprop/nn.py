@@ -25,7 +25,7 @@ from array_api_compat import is_array_api_obj
 from backprop import changes, ops
 from backprop.backend import dtype_name, get_backend, host_rng, make_backend, namespace_of, to_numpy
 from backprop.backends import backend_of
-from backprop.errors import ConfigError, UserError
+from backprop.errors import ConfigError, UserError, a
 from backprop.tensor import Tensor
 
 
@@ -128,6 +128,22 @@ class Module:
 
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
+
+    def count_parameters(self, trainable_only: bool = False) -> int:
+        """How many numbers the parameters hold (a shared parameter counted once); with
+        `trainable_only`, only those that require a gradient."""
+        return sum(math.prod(p.shape) for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def summary(self, input_shape=None, print_fn=print) -> None:
+        """Print a table of the layers (output shape, parameters), the totals, dtype and backend.
+
+        Output shapes come from one zero sample of `input_shape` (without the batch axis; by default
+        the first Linear's input width) run through a Sequential's layers in eval mode; a model that
+        is not a chain of layers shows "?". `print_fn` gets each line (as Keras's)."""
+        from backprop.summary import summary_lines
+
+        for line in summary_lines(self, input_shape):
+            print_fn(line)
 
     def zero_grad(self) -> None:
         for p in self.parameters():
@@ -378,7 +394,7 @@ class Sequential(Module):
     def __init__(self, *layers: Module):
         for i, layer in enumerate(layers):
             if not isinstance(layer, Module):
-                raise TypeError(f"Sequential: item {i} is a {type(layer).__name__}, not a Module")
+                raise TypeError(f"Sequential: item {i} is {a(type(layer).__name__)}, not a Module")
         self.layers = _Layers(layers)
 
     def __setattr__(self, name: str, value) -> None:

@@ -21,7 +21,7 @@ import numbers
 from backprop import changes
 from backprop.backend import copy_array, dtype_name, namespace_of, to_numpy
 from backprop.backends import backend_of
-from backprop.errors import ConfigError
+from backprop.errors import ConfigError, a
 from backprop.tensor import Tensor, mark_written
 
 
@@ -79,7 +79,7 @@ def _parameter_list(params, optimizer: str) -> list:
     for i, p in enumerate(params):
         if not isinstance(p, Tensor) or not p.requires_grad:
             what = type(p).__name__ if not isinstance(p, Tensor) else "Tensor without requires_grad"
-            raise ConfigError(f"{optimizer} takes trainable parameters (model.parameters()): item {i} is a {what}")
+            raise ConfigError(f"{optimizer} takes trainable parameters (model.parameters()): item {i} is {a(what)}")
     return params
 
 
@@ -171,7 +171,7 @@ class Optimizer:
         nothing changes when their number is wrong."""
         count = sum(map(len, self.state))
         if len(arrays) != count:
-            raise ValueError(f"{len(arrays)} state arrays given for a {type(self).__name__} state of {count}")
+            raise ValueError(f"{len(arrays)} state arrays given for {a(type(self).__name__)} state of {count}")
         it = iter(arrays)
         for state in self.state:
             for name in state:

@@ -41,6 +41,7 @@ from array_api_compat import device, is_array_api_obj
 
 from backprop.backend import namespace_of
 from backprop.backends import backend_of
+from backprop.errors import a
 
 
 class TraceError(RuntimeError):
@@ -289,7 +290,7 @@ class _Recorder:
             return outs
         if not _is_array(value):
             what = name or getattr(function, "__name__", function)
-            raise TraceError(f"{what} gave a {type(value).__name__}, not an array")
+            raise TraceError(f"{what} gave {a(type(value).__name__)}, not an array")
         out = Traced(value, self._new_var(), self)
         self.calls.append(Call(function, arguments, keywords, (out.var,), name))
         return out

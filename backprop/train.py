@@ -8,7 +8,7 @@ per step); batches come from `backprop.data.Batches` on the current backend.
 >>> x, y = bp.data.spirals(50)
 >>> model = bp.nn.mlp([2, 8, 2], "tanh")
 >>> history = bp.fit(model, bp.losses.cross_entropy, bp.optim.Adam(model.parameters(), 0.05),
-...                  (x, y), epochs=3, batch_size=20, progress=False)
+...                  (x, y), epochs=3, batch_size=20, verbose=0)
 >>> sorted(history.epochs[-1])
 ['accuracy', 'epoch', 'loss', 'seconds']
 """
@@ -28,9 +28,9 @@ from backprop import distributed
 from backprop.backend import copy_array, get_backend, namespace_of, to_numpy
 from backprop.backends import backend_of
 from backprop.data.batches import Batches
-from backprop.errors import ConfigError, UserError
+from backprop.errors import ConfigError, UserError, count
 from backprop.io import check_checkpoint_path, checkpoint_metadata, load_checkpoint, save_checkpoint
-from backprop.progress import progress_bar
+from backprop.progress import EpochReport, resolve_verbose
 from backprop.step import TrainStep
 from backprop.tensor import Tensor, no_grad
 
@@ -363,7 +363,7 @@ def _check_world_size(resume, size: int) -> None:
     saved = checkpoint_metadata(resume).get("world_size", 1)
     if saved != size:
         raise ConfigError(
-            f"--resume {resume}: the checkpoint was written by {saved} process(es), this run has {size}: "
+            f"--resume {resume}: the checkpoint was written by {count(saved, 'process')}, this run has {size}: "
             "resume with the same number of processes (the shards of each epoch depend on it)"
         )
 
@@ -428,7 +428,7 @@ def fit(
     validation=None,
     metrics=("accuracy",),
     callbacks=(),
-    progress: bool = True,
+    verbose="auto",
     shuffle: bool = True,
     checkpoint=None,
     resume=None,
@@ -447,10 +447,13 @@ def fit(
     `capture=True` captures the training step and replays it (backprop.step.TrainStep): the same
     numbers, less Python per step; a step that cannot be captured warns and runs eagerly.
     `gradient_hooks` run on the gradients between backward and the update (`bp.optim.ClipGradNorm`).
+    `verbose` (as in Keras): 0 silent, 1 a progress bar per epoch (tqdm; without it, one line per
+    epoch), 2 one line per epoch, "auto" 1 on a terminal and 2 elsewhere.
     Checked before any work (ConfigError): positive integer `epochs` and `batch_size`, known
-    `metrics`, and training and validation sets that are not empty and hold no inf or NaN.
+    `metrics`, `verbose`, and training and validation sets that are not empty and hold no inf or NaN.
     """
     loss = _loss_function(loss)
+    verbose = resolve_verbose(verbose)
     _check_fit_arguments(train, epochs, batch_size, validation, metrics, callbacks, checkpoint)
     ranks = distributed.world()
     batches = _as_batches(train, batch_size, shuffle, "the training set", (ranks.rank, ranks.size))
@@ -471,8 +474,8 @@ def fit(
     step = TrainStep(model, loss, optimizer, capture=capture, gradient_hooks=hooks)
     for epoch in range(start, epochs + 1):
         began = time.perf_counter()
-        shown = progress and ranks.is_main
-        with progress_bar(len(batches), f"epoch {epoch}/{epochs}", "batch", enabled=shown) as bar:
+        shown = verbose if ranks.is_main else 0
+        with EpochReport(shown, epoch, epochs, len(batches)) as bar:
             record = {"epoch": epoch, **_run_epoch(step, batches, metrics, bar, all_reduce.reduce_sums)}
             _check_finite(record["loss"], epoch, "the training loss")
             if validation is not None:
@@ -480,7 +483,7 @@ def fit(
                 record.update({f"val_{k}": v for k, v in scores.items()})
                 _check_finite(record["val_loss"], epoch, "the validation loss", "the model overflows on that set")
             record["seconds"] = time.perf_counter() - began
-            bar.set_postfix({k: round(v, 4) for k, v in record.items() if k not in ("epoch", "seconds")})
+            bar.finish(record)
         history.epochs.append(record)
         stops = [callback.on_epoch_end(model, record) for callback in callbacks]
         if checkpoint is not None and ranks.is_main:  # after the callbacks: a decayed lr, a patience count

@@ -1,7 +1,5 @@
 """Shared by the examples: Nielsen's training setting, MNIST as one-hot float64, a result line."""
 
-import sys
-
 import numpy as np
 
 import backprop as bp
@@ -47,5 +45,5 @@ def fit_sigmoid_quadratic(sizes, batch_size: int, init: str, epochs: int, limit=
     optimizer = bp.optim.SGD(model.parameters(), lr=3.0)
     callbacks = [StopAt(stop_at)] if stop_at else []
     history = bp.fit(model, bp.losses.quadratic_loss, optimizer, train, epochs, batch_size, validation=test,
-                     callbacks=callbacks, progress=sys.stdout.isatty())  # fmt: skip
+                     callbacks=callbacks)  # fmt: skip
     return model, history

@@ -5,7 +5,6 @@ decayed by 0.7 each epoch), batch 128. Without the decay, test accuracy wanders 
 """
 
 import argparse
-import sys
 
 from _common import report
 
@@ -21,7 +20,7 @@ def main(dataset: str = "mnist", epochs: int = 10, limit: int | None = None, see
     callbacks = [bp.optim.ExponentialDecay(optimizer, gamma=0.7)]
     train, test = (x[:limit], y[:limit]), (xt[:limit], yt[:limit])
     history = bp.fit(model, bp.losses.cross_entropy, optimizer, train, epochs, batch_size=128, validation=test,
-                     callbacks=callbacks, progress=sys.stdout.isatty())  # fmt: skip
+                     callbacks=callbacks)  # fmt: skip
     return report(f"{dataset} 784-512-256-10 ReLU Adam", history)
 
 

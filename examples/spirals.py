@@ -14,7 +14,7 @@ def main(epochs: int = 300, plot=None, seed: int = 0) -> dict:
     x, target = x.astype("float64"), y[:, None].astype("float64")
     model = bp.nn.mlp([2, 8, 8, 1], "tanh", output_activation="sigmoid", dtype="float64")
     optimizer = bp.optim.Adam(model.parameters(), lr=0.03)
-    history = bp.fit(model, bp.losses.binary_cross_entropy, optimizer, (x, target), epochs, 20, progress=False)
+    history = bp.fit(model, bp.losses.binary_cross_entropy, optimizer, (x, target), epochs, 20, verbose=0)
     if plot:
         bp.plots.plot_decision_boundary(model, x, y, plot)
     last = history.epochs[-1]

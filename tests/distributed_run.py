@@ -51,7 +51,7 @@ def main(out, backend, optimizer, capture, fail_at=None):
         hooks = [FailOnRankOne(fail_at)] if fail_at else []
         epochs = int(os.environ.get("RUN_EPOCHS", EPOCHS))  # RUN_CHECKPOINT, RUN_RESUME: paths for fit
         files = {"checkpoint": os.environ.get("RUN_CHECKPOINT"), "resume": os.environ.get("RUN_RESUME")}
-        history = bp.fit(model, bp.losses.cross_entropy, opt, data(), epochs, PER_RANK_BATCH, progress=False,
+        history = bp.fit(model, bp.losses.cross_entropy, opt, data(), epochs, PER_RANK_BATCH, verbose=0,
                          capture=capture, gradient_hooks=hooks, validation=validation(), **files)  # fmt: skip
         if world.is_main:
             weights = {name: bp.to_numpy(a) for name, a in model.state_dict().items()}

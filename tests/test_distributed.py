@@ -44,7 +44,7 @@ def _single_process(backend, optimizer, ranks):
         opt = (bp.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if optimizer == "sgd"
                else bp.optim.Adam(model.parameters(), lr=0.01))  # fmt: skip
         history = bp.fit(model, bp.losses.cross_entropy, opt, script.data(), script.EPOCHS,
-                         script.PER_RANK_BATCH * ranks, progress=False, validation=script.validation())  # fmt: skip
+                         script.PER_RANK_BATCH * ranks, verbose=0, validation=script.validation())  # fmt: skip
         return {name: bp.to_numpy(a) for name, a in model.state_dict().items()}, history
 
 
@@ -153,7 +153,7 @@ def test_a_batches_of_another_shard_is_refused():
     batches = bp.data.Batches(np.zeros((8, 2)), np.zeros(8, dtype="int64"), 2, shard=(1, 2))
     model = bp.nn.mlp([2, 2], "tanh")
     with pytest.raises(ConfigError, match=r"shard 1 of 2, this is rank 0 of 1"):
-        bp.fit(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), 0.1), batches, 1, 2, progress=False)
+        bp.fit(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), 0.1), batches, 1, 2, verbose=0)
 
 
 def test_a_checkpoint_of_another_world_size_is_refused_before_it_loads(tmp_path):
@@ -162,8 +162,8 @@ def test_a_checkpoint_of_another_world_size_is_refused_before_it_loads(tmp_path)
     opt = bp.optim.SGD(model.parameters(), 0.1)
     bp.io.save_checkpoint(tmp_path / "run.npz", model, opt, 1, bp.History(), world_size=2)
     x, y = np.ones((8, 2)), np.zeros(8, dtype="int64")
-    with pytest.raises(ConfigError, match=r"written by 2 process\(es\), this run has 1"):
-        bp.fit(model, bp.losses.cross_entropy, opt, (x, y), 3, 2, progress=False, resume=tmp_path / "run.npz")
+    with pytest.raises(ConfigError, match=r"written by 2 processes, this run has 1"):
+        bp.fit(model, bp.losses.cross_entropy, opt, (x, y), 3, 2, verbose=0, resume=tmp_path / "run.npz")
 
 
 def test_the_command_line_trains_on_several_processes_and_speaks_once(tmp_path):

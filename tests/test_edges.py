@@ -26,7 +26,7 @@ def _model(dropout=False):
 def test_exponential_decay_compounds_over_epochs():
     model = _model()
     opt = bp.optim.SGD(model.parameters(), lr=0.8)
-    bp.fit(model, bp.losses.cross_entropy, opt, _data(), 3, 8, progress=False,
+    bp.fit(model, bp.losses.cross_entropy, opt, _data(), 3, 8, verbose=0,
            callbacks=[bp.optim.ExponentialDecay(opt, 0.5)])  # fmt: skip
     assert opt.lr == 0.8 * 0.5**3
 
@@ -71,7 +71,7 @@ def test_a_label_just_outside_the_classes_is_refused(label):
     y[5] = label
     model = _model()
     with pytest.raises(ConfigError, match=rf"label {label} at index 5"):
-        bp.fit(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), 0.1), (x, y), 1, 8, progress=False)
+        bp.fit(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), 0.1), (x, y), 1, 8, verbose=0)
 
 
 def test_load_state_dict_casts_to_each_parameters_dtype():
@@ -86,7 +86,7 @@ def test_load_state_dict_casts_to_each_parameters_dtype():
 def test_optimizer_state_loads_in_each_parameters_dtype():
     model = _model()
     opt = bp.optim.Adam(model.parameters(), 0.01)
-    bp.fit(model, bp.losses.cross_entropy, opt, _data(), 1, 8, progress=False)
+    bp.fit(model, bp.losses.cross_entropy, opt, _data(), 1, 8, verbose=0)
     saved = opt.state_dict()
     saved["state"] = [{k: v.astype("float32") for k, v in s.items()} for s in saved["state"]]
     opt.load_state_dict(saved)
@@ -112,7 +112,7 @@ def test_fit_shuffles_by_default():
     model = bp.nn.Sequential(bp.nn.Linear(3, 12, dtype="float64"))
     order = []
     bp.fit(model, lambda out, t: order.extend(bp.to_numpy(t).tolist()) or bp.losses.cross_entropy(out, t),
-           bp.optim.SGD(model.parameters(), 0.1), (x, np.arange(12)), 1, 12, progress=False, metrics=())  # fmt: skip
+           bp.optim.SGD(model.parameters(), 0.1), (x, np.arange(12)), 1, 12, verbose=0, metrics=())  # fmt: skip
     assert sorted(order) == list(range(12)) and order != list(range(12))
 
 

@@ -159,7 +159,7 @@ def _model():
 def _fit(train, validation=None, model=None, **kwargs):
     model = model or _model()
     optimizer = bp.optim.SGD(model.parameters(), lr=0.1)
-    kwargs = {"epochs": 1, "batch_size": 8, "progress": False, **kwargs}
+    kwargs = {"epochs": 1, "batch_size": 8, "verbose": 0, **kwargs}
     return bp.fit(model, bp.losses.cross_entropy, optimizer, train, validation=validation, **kwargs)
 
 
@@ -231,7 +231,7 @@ def test_non_finite_data_is_named_before_training_not_blamed_on_the_learning_rat
     loss = bp.losses.cross_entropy
     with pytest.raises(ConfigError, match=message):
         bp.fit(model, loss, bp.optim.SGD(model.parameters(), lr=0.1), train, 1, 8, validation=validation,
-               progress=False)  # fmt: skip
+               verbose=0)  # fmt: skip
     for p, saved in zip(model.parameters(), before, strict=True):
         np.testing.assert_array_equal(p.numpy(), saved, strict=True)  # no step was taken
 
@@ -402,5 +402,5 @@ def test_fit_refuses_a_bad_checkpoint_path_or_callback_before_the_first_step(tmp
     model = _model()
     optimizer = bp.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises((ConfigError, bp.io.FileFormatError), match=re.escape(message)):
-        bp.fit(model, bp.losses.cross_entropy, optimizer, (x, y), 2, 8, progress=False, **make(tmp_path))
+        bp.fit(model, bp.losses.cross_entropy, optimizer, (x, y), 2, 8, verbose=0, **make(tmp_path))
     assert optimizer.steps == 0

@@ -25,7 +25,7 @@ def _run(epochs, callbacks_for, optimizer=None, **options):
     opt = (optimizer or (lambda ps: bp.optim.SGD(ps, lr=0.2, momentum=0.9)))(model.parameters())
     callbacks = callbacks_for(model, opt)
     history = bp.fit(model, bp.losses.cross_entropy, opt, _data(), epochs, 16, validation=_data(),
-                     callbacks=callbacks, progress=False, **options)  # fmt: skip
+                     callbacks=callbacks, verbose=0, **options)  # fmt: skip
     return model, opt, history
 
 
@@ -118,7 +118,7 @@ def test_a_checkpoint_that_does_not_fit_changes_nothing(tmp_path, change, messag
     model = _model()
     opt = bp.optim.Adam(model.parameters(), 0.01)
     x, y = _data()
-    bp.fit(model, bp.losses.cross_entropy, opt, (x, y), 1, 16, progress=False)  # some optimizer state
+    bp.fit(model, bp.losses.cross_entropy, opt, (x, y), 1, 16, verbose=0)  # some optimizer state
     states = [{k: bp.to_numpy(v).copy() for k, v in s.items()} for s in opt.state]
     before = ([p.numpy().copy() for p in model.parameters()], opt.lr, opt.steps, states, bp.backend.get_rng_state())
     with pytest.raises(FileFormatError, match=rf"run.npz: .*{_escaped(message)}"):
@@ -139,7 +139,7 @@ def _escaped(message: str) -> str:
 def test_a_checkpoint_of_another_optimizer_or_callbacks_is_refused_by_name(tmp_path):
     path = _checkpoint(tmp_path)
     model = _model()
-    with pytest.raises(FileFormatError, match="checkpoint holds a Adam state, not SGD"):
+    with pytest.raises(FileFormatError, match="checkpoint holds an Adam state, not an SGD"):
         bp.io.load_checkpoint(path, model, bp.optim.SGD(model.parameters(), 0.1))
     with pytest.raises(FileFormatError, match=r"callbacks \[\], this run has \['EarlyStopping'\]"):
         bp.io.load_checkpoint(path, model, bp.optim.Adam(model.parameters()), [bp.train.EarlyStopping()])
@@ -162,7 +162,7 @@ def test_fit_refuses_a_malformed_checkpoint_before_changing_the_model(tmp_path):
     before = [p.numpy().copy() for p in model.parameters()]
     with pytest.raises(FileFormatError, match="a malformed epoch"):
         bp.fit(model, bp.losses.cross_entropy, bp.optim.Adam(model.parameters(), 0.01), _data(), 3, 16,
-               progress=False, resume=path)  # fmt: skip
+               verbose=0, resume=path)  # fmt: skip
     for p, b in zip(model.parameters(), before, strict=True):
         np.testing.assert_array_equal(p.numpy(), b, strict=True)
 

@@ -134,7 +134,7 @@ def test_a_frozen_layer_through_fit_with_a_callback(backend):
     with warnings.catch_warnings():
         warnings.simplefilter("error", bp.CaptureWarning)
         bp.fit(model, bp.losses.cross_entropy, bp.optim.Adam(model.parameters(), 0.01), (x, labels),
-               epochs=3, batch_size=10, callbacks=[callback], capture=True, progress=False, metrics=())  # fmt: skip
+               epochs=3, batch_size=10, callbacks=[callback], capture=True, verbose=0, metrics=())  # fmt: skip
     np.testing.assert_array_equal(model[0].weight.numpy(), callback.frozen, strict=True)
 
 
@@ -173,11 +173,11 @@ def test_labels_out_of_range_in_a_late_batch_are_refused_before_training_under_c
     for capture in (True, False):
         with pytest.raises(ConfigError, match=r"training labels must be in 0..3 for 4 outputs: label 12 at index 47"):
             bp.fit(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), 0.1), (x, labels),
-                   epochs=2, batch_size=10, capture=capture, progress=False)  # fmt: skip
+                   epochs=2, batch_size=10, capture=capture, verbose=0)  # fmt: skip
     labels[47] = -1
     with pytest.raises(ConfigError, match="validation labels must be in 0..3 for 4 outputs: label -1"):
         bp.fit(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), 0.1), (x, labels % 4),
-               epochs=2, batch_size=10, validation=(x, labels), capture=True, progress=False)  # fmt: skip
+               epochs=2, batch_size=10, validation=(x, labels), capture=True, verbose=0)  # fmt: skip
     for p, b in zip(model.parameters(), before, strict=True):
         np.testing.assert_array_equal(p.numpy(), b, strict=True)
 
@@ -228,7 +228,7 @@ def test_validation_between_epochs_does_not_drop_the_captures():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(bp.step.TrainStep, "_record", lambda self, *a: recordings.append(a[0]) or record(self, *a))
         bp.fit(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), 0.1), (x, y), 4, 16,
-               validation=(x, y), capture=True, progress=False)  # fmt: skip
+               validation=(x, y), capture=True, verbose=0)  # fmt: skip
     assert len(recordings) == len(set(recordings)), recordings  # each batch shape recorded once
 
 

@@ -447,6 +447,6 @@ def test_the_epoch_loss_and_accuracy_weigh_each_batch_by_its_size(backend, n):
     want_loss = -log_prob[np.arange(n), y].mean()
     want_accuracy = (logits.argmax(axis=1) == y).mean()
     opt = bp.optim.SGD(model.parameters(), lr=1e-300)  # steps that leave the weights as they are
-    record = bp.fit(model, losses.cross_entropy, opt, (x, y), 1, 8, shuffle=False, progress=False).epochs[0]
+    record = bp.fit(model, losses.cross_entropy, opt, (x, y), 1, 8, shuffle=False, verbose=0).epochs[0]
     assert record["loss"] == pytest.approx(want_loss, rel=1e-12)
     assert record["accuracy"] == pytest.approx(want_accuracy, rel=1e-12)

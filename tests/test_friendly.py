@@ -51,10 +51,10 @@ def test_a_model_given_something_else_says_what_it_takes(bad, message):
 def test_fit_evaluate_and_predict_take_tensors_and_loss_names():
     model = _model()
     history = bp.fit(model, "cross_entropy", bp.optim.SGD(model, lr=0.1), (bp.tensor(X), bp.tensor(Y)), 2,
-                     batch_size=3, progress=False, shuffle=False)  # fmt: skip
+                     batch_size=3, verbose=0, shuffle=False)  # fmt: skip
     twin = _model()
     bp.fit(twin, bp.losses.cross_entropy, bp.optim.SGD(twin.parameters(), lr=0.1), (X, Y), 2, batch_size=3,
-           progress=False, shuffle=False)  # fmt: skip
+           verbose=0, shuffle=False)  # fmt: skip
     for (name, a), (_, b) in zip(model.state_dict().items(), twin.state_dict().items(), strict=True):
         np.testing.assert_array_equal(bp.to_numpy(a), bp.to_numpy(b), err_msg=name)
     assert len(history.epochs) == 2
@@ -73,7 +73,7 @@ def test_an_unknown_loss_is_named_before_training(loss, message):
     model = _model()
     before = bp.to_numpy(model.layers[0].weight.data).copy()
     with pytest.raises(ConfigError, match=message):
-        bp.fit(model, loss, bp.optim.SGD(model, lr=0.1), (X, Y), 1, progress=False)
+        bp.fit(model, loss, bp.optim.SGD(model, lr=0.1), (X, Y), 1, verbose=0)
     np.testing.assert_array_equal(bp.to_numpy(model.layers[0].weight.data), before)
     with pytest.raises(ConfigError, match=message):
         bp.evaluate(model, loss, (X, Y))

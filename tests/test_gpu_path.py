@@ -120,7 +120,7 @@ def test_fit_checks_labels_once_on_the_host_where_steps_read_none(backend):
     model = bp.nn.mlp([4, 6, 3], "tanh", dtype="float64")
     with pytest.raises(ConfigError, match=r"training labels must be in 0..2 for 3 outputs: label 5 at index 17"):
         bp.fit(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), 0.1), (x, y), 1, 4, capture=True,
-               progress=False)  # fmt: skip
+               verbose=0)  # fmt: skip
 
 
 class _DeviceLog:

@@ -53,7 +53,7 @@ def test_fit_learns_spirals_and_reports_history(backend):
     model = _spiral_model()
     x, y = bp.data.spirals(100, turns=1.0)
     history = bp.fit(model, bp.losses.cross_entropy, bp.optim.Adam(model.parameters(), 0.03), (x.astype("float64"), y),
-                     epochs=40, batch_size=25, validation=(x.astype("float64"), y), progress=False)  # fmt: skip
+                     epochs=40, batch_size=25, validation=(x.astype("float64"), y), verbose=0)  # fmt: skip
     assert len(history) == 40 and history["epoch"] == list(range(1, 41))
     assert history["loss"][-1] < 0.5 * history["loss"][0]
     assert history["val_accuracy"][-1] > 0.85
@@ -68,7 +68,7 @@ def test_early_stopping_restores_the_best_weights():
     x = x.astype("float64")
     stopper = bp.EarlyStopping("val_loss", patience=2)
     history = bp.fit(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), lr=5.0), (x, y), epochs=50,
-                     batch_size=100, validation=(x, y[::-1].copy()), callbacks=[stopper], progress=False)  # fmt: skip
+                     batch_size=100, validation=(x, y[::-1].copy()), callbacks=[stopper], verbose=0)  # fmt: skip
     assert len(history) < 50
     best = min(history["val_loss"])
     assert bp.evaluate(model, bp.losses.cross_entropy, (x, y[::-1].copy()))["loss"] == pytest.approx(best)
@@ -81,7 +81,7 @@ def test_divergence_is_a_clear_error():
     with pytest.raises(FloatingPointError, match="the training loss became (inf|nan) in epoch 1: training diverged"):
         with np.errstate(all="ignore"):
             bp.fit(model, bp.losses.mse_loss, bp.optim.SGD(model.parameters(), 1.0), (x.astype("float64"), onehot),
-                   epochs=2, batch_size=10, progress=False)  # fmt: skip
+                   epochs=2, batch_size=10, verbose=0)  # fmt: skip
 
 
 def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
@@ -92,7 +92,7 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
         model = _spiral_model()
         opt = bp.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         model.layers.insert(2, bp.nn.Dropout(0.2))  # random state matters too
-        history = bp.fit(model, bp.losses.cross_entropy, opt, data, epochs, 16, progress=False, **kwargs)
+        history = bp.fit(model, bp.losses.cross_entropy, opt, data, epochs, 16, verbose=0, **kwargs)
         return model, history
 
     whole, whole_history = run(4)

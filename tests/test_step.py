@@ -147,7 +147,7 @@ def test_fit_with_capture_matches_fit_without(backend, monkeypatch):
         x, y = bp.data.spirals(60)
         model = bp.nn.mlp([2, 8, 2], "tanh")
         opt = bp.optim.Adam(model.parameters(), 0.05)
-        history = bp.fit(model, bp.losses.cross_entropy, opt, (x, y), epochs=4, batch_size=16, progress=False,
+        history = bp.fit(model, bp.losses.cross_entropy, opt, (x, y), epochs=4, batch_size=16, verbose=0,
                          callbacks=[bp.optim.ExponentialDecay(opt, 0.5)], capture=capture)  # fmt: skip
         return history, [p.numpy() for p in model.parameters()]
 
@@ -338,7 +338,7 @@ def test_fit_passes_gradient_hooks_to_its_step():
         x, y = bp.data.spirals(40)
         model = bp.nn.mlp([2, 8, 2], "tanh", dtype="float64")
         bp.fit(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), 0.5), (x, y), epochs=2,
-               batch_size=16, progress=False, gradient_hooks=hooks)  # fmt: skip
+               batch_size=16, verbose=0, gradient_hooks=hooks)  # fmt: skip
         return [p.numpy() for p in model.parameters()]
 
     hook = _Halving()
