@@ -24,10 +24,11 @@ from backprop.backend import (
 from backprop.backends import BACKENDS, BackendEntry, BackendError, backend_of, register_backend
 from backprop.creation import ones, rand, randn, tensor, zeros
 from backprop.gradcheck import GradcheckError, gradcheck
+from backprop.io import load_model, save_model
 from backprop.ops import OPS, op
 from backprop.step import CaptureWarning, TrainStep
 from backprop.tensor import Tensor, grad, is_grad_enabled, no_grad
-from backprop.train import EarlyStopping, History, evaluate, fit, predict
+from backprop.train import EarlyStopping, History, evaluate, fit, predict, predict_classes
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,5 @@
-"""The command line: `backprop train`, `backprop info` (and `backprop bench`, see bench/).
+"""The command line: `backprop train`, `backprop evaluate`, `backprop predict` (cli_model.py),
+`backprop info` (and `backprop bench`, see bench/).
 
 Bad input (a `backprop.errors.UserError`, or a file that cannot be read or written) exits non-zero
 with one line. Anything else is a bug in backprop and keeps its traceback. `train` checks all its
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 import backprop as bp
+from backprop import cli_model
 from backprop.backend import installed_backends
 from backprop.backends import BACKENDS, BackendError
 from backprop.data import DATASETS
@@ -74,6 +76,15 @@ class _HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: {default})".lstrip()
 
 
+def _backend_options(p) -> None:
+    p.add_argument(
+        "--backend",
+        default=None,
+        help=f"array backend (default: $BACKPROP_BACKEND, then numpy; installed: {', '.join(installed_backends())})",
+    )
+    p.add_argument("--device", default=None, help="device of the backend, e.g. cuda:1 (default: $BACKPROP_DEVICE)")
+
+
 def _train_parser(commands) -> None:
     p = commands.add_parser(
         "train",
@@ -97,12 +108,7 @@ def _train_parser(commands) -> None:
     p.add_argument("--init", default="glorot_uniform", choices=sorted(bp.nn.INITIALIZERS), help="weight init")
     p.add_argument("--batch-size", type=_positive, default=32, help="samples per step")
     p.add_argument("--epochs", type=_positive, default=20, help="passes over the training set")
-    p.add_argument(
-        "--backend",
-        default=None,
-        help=f"array backend (default: $BACKPROP_BACKEND, then numpy; installed: {', '.join(installed_backends())})",
-    )
-    p.add_argument("--device", default=None, help="device of the backend, e.g. cuda:1 (default: $BACKPROP_DEVICE)")
+    _backend_options(p)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="parameter and data dtype")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the initial weights and the shuffling")
     p.add_argument("--plot", metavar="PATH", help="write loss/accuracy curves and first-layer weights here")
@@ -125,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"backprop {bp.__version__}")
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
     _train_parser(commands)
+    cli_model.add_parsers(commands, _HelpFormatter, _backend_options, _positive)
     commands.add_parser("info", help="backends, versions, devices and the BLAS in use")
     commands.add_parser("bench", help="run the benchmark suite; `backprop bench --help` lists its options")
     return parser
@@ -330,8 +337,8 @@ def train(args) -> int:
     if not ranks.is_main:
         return 0
     if args.save:
-        bp.io.save_weights(model, args.save)
-        print(f"weights written to {args.save}")
+        bp.io.save_model(model, args.save, loss=args.loss)
+        print(f"model written to {args.save} (backprop evaluate|predict {args.save} ...; bp.load_model)")
     if args.plot:
         bp.plots.plot_training(history, model, args.plot, title=f"{args.dataset}: {sizes}")
         if boundary is not None:
@@ -394,6 +401,9 @@ def main(argv=None) -> int:
         if args.command == "info":
             return info()
         build_parser().print_help()
+        if args.command in ("evaluate", "predict"):
+            use_selected_backend(args)
+            return getattr(cli_model, args.command)(args)
         return 2
     except (UserError, OSError) as error:  # bad input, or a file that cannot be read or written
         print(f"backprop: error: {error}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Saving weights and checkpoints: `.npz` or `.safetensors` (never pickle), written atomically.
+"""Saving weights, models (architecture and weights) and checkpoints: `.npz` or `.safetensors`
+(never pickle), written atomically.
 
 Files are written through `backprop.files.atomic_write`: an interrupted save never replaces a
 good file with half of one.
@@ -54,11 +55,14 @@ def check_checkpoint_path(path) -> None:
 
 
 def _save_arrays(path, arrays: dict) -> None:
+    """Write `arrays` to a .npz or .safetensors file; a 0-d string array (the MODEL_KEY's JSON)
+    goes into a safetensors file's text metadata, which holds only strings."""
     check_weights_path(path)
     if str(path).endswith(".safetensors"):
         from safetensors.numpy import save
 
-        blob = save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+        texts = {k: str(v) for k, v in arrays.items() if v.dtype.kind == "U"}
+        blob = save({k: np.ascontiguousarray(v) for k, v in arrays.items() if k not in texts}, metadata=texts or None)
         atomic_write(path, lambda f: f.write(blob))
     else:
         atomic_write(path, lambda f: np.savez(f, **arrays))
@@ -160,7 +164,8 @@ def _read_safetensors(path, f, check, only=None) -> dict:
         raise _unreadable(path, f"the safetensors header is not valid JSON: {error}") from None
     if not isinstance(header, dict):
         raise _unreadable(path, "the safetensors header is not a JSON object")
-    header.pop("__metadata__", None)
+    texts = header.pop("__metadata__", None) or {}
+    model_text = texts.get(MODEL_KEY) if isinstance(texts, dict) else None
     available, entries = size - 8 - length, {}
     for name, entry in header.items():
         try:
@@ -176,9 +181,12 @@ def _read_safetensors(path, f, check, only=None) -> dict:
             raise _unreadable(path, f"array {name!r} declares shape {shape} of {dtype}, {nbytes} bytes, "
                                     f"at bytes {begin} to {end} of {available}")  # fmt: skip
         entries[name] = (shape, dtype, begin)
+    headers = {name: (shape, dtype) for name, (shape, dtype, _) in entries.items()}
+    if isinstance(model_text, str):  # as a .npz holds it: one string array
+        headers[MODEL_KEY] = ((), np.dtype(f"<U{max(len(model_text), 1)}"))
     if check is not None:
-        check({name: (shape, dtype) for name, (shape, dtype, _) in entries.items()})
-    arrays = {}
+        check(headers)
+    arrays = {MODEL_KEY: np.array(model_text)} if MODEL_KEY in headers and (only is None or MODEL_KEY in only) else {}
     for name, (shape, dtype, begin) in entries.items():
         if only is not None and name not in only:
             continue
@@ -196,15 +204,92 @@ def save_weights(model, path) -> None:
 
 
 def load_weights(model, path) -> None:
-    """Read parameters written by `save_weights` into `model`. The names, shapes and dtypes
-    (floating point) in the file's headers must match the model's before any array is read, and
-    no parameter changes unless all of them load."""
-    model.load_state_dict(_load_arrays(path, lambda headers: _check_weights(path, model, headers)))
+    """Read parameters written by `save_weights` (or `save_model`) into `model`. The names, shapes
+    and dtypes (floating point) in the file's headers must match the model's before any array is
+    read, and no parameter changes unless all of them load."""
+    arrays = _load_arrays(path, lambda headers: _check_weights(path, model, headers))
+    arrays.pop(MODEL_KEY, None)
+    model.load_state_dict(arrays)
+
+
+MODEL_KEY = "__backprop_model__"  # a model file's architecture: JSON beside the weights
+
+
+def save_model(model, path, loss: str | None = None) -> None:
+    """Write the model's architecture and weights to one file (.npz or .safetensors, never pickle),
+    so `load_model(path)` rebuilds it without its code; `loss` (a name from bp.losses.LOSSES) is
+    remembered for `backprop evaluate`. A layer that cannot describe itself is refused, naming it,
+    before anything is written.
+
+    >>> import os, tempfile, backprop as bp
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.npz")
+    >>> bp.io.save_model(bp.nn.mlp([4, 3, 2], "relu"), path, loss="cross_entropy")
+    >>> bp.io.load_model(path)
+    Sequential(Linear(4, 3, bias=True), ReLU(), Linear(3, 2, bias=True))
+    """
+    from backprop.architecture import describe
+    from backprop.losses import LOSSES
+
+    if loss is not None and loss not in LOSSES:
+        raise ConfigError(f"save_model: unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    meta = {"format": "backprop model", "version": 1, "architecture": describe(model), "loss": loss}
+    arrays = {name: to_numpy(a) for name, a in model.state_dict().items()}
+    _save_arrays(path, {**arrays, MODEL_KEY: np.array(json.dumps(meta))})
+
+
+def load_model(path, custom_layers=()):
+    """The model `save_model` wrote to `path`, on the current backend, with its weights; its loss
+    name is `model_info(path)["loss"]`. The file is checked whole (architecture, then every weight's
+    name, shape and dtype) before a model is returned; layer classes of your own that define
+    `config()` are passed as `custom_layers`."""
+    from backprop.architecture import build
+
+    meta, headers = _model_meta(path)
+    dtypes = {name: dtype.name for name, (_, dtype) in headers.items() if dtype.kind == "f"}
+    try:
+        model = build(meta["architecture"], dtypes, custom_layers)
+    except ConfigError as error:
+        raise FileFormatError(f"{path}: {error}") from None
+    load_weights(model, path)
+    return model
+
+
+def model_info(path) -> dict:
+    """What a model file says of itself ({"architecture", "loss", ...}), read without its weights."""
+    return _model_meta(path)[0]
+
+
+def _model_meta(path) -> tuple[dict, dict]:
+    headers: dict = {}
+
+    def check(found):
+        headers.update(found)
+        shape, dtype = found.get(MODEL_KEY, ((), None))
+        if dtype is None:
+            raise FileFormatError(
+                f"{path}: holds weights but no architecture (written by save_weights?): build the model "
+                "in code and use load_weights"
+            )
+        if shape != () or dtype.kind != "U" or dtype.itemsize > MAX_METADATA_BYTES:
+            raise FileFormatError(f"{path}: its architecture of {str(dtype):.60} {shape} is not one bounded string")
+
+    text = str(_load_arrays(path, check, only=(MODEL_KEY,))[MODEL_KEY])
+    try:
+        meta = json.loads(text)
+        valid = meta.get("format") == "backprop model" and isinstance(meta.get("architecture"), dict)
+        valid = valid and (meta.get("loss") is None or isinstance(meta["loss"], str))
+    except (ValueError, AttributeError, RecursionError):
+        valid = False
+    if not valid:
+        raise FileFormatError(f"{path}: not a readable backprop model (its architecture is malformed)")
+    headers.pop(MODEL_KEY)
+    return meta, headers
 
 
 def _check_weights(path, model, headers: dict) -> None:
     """Refuse weights whose {name: (shape, dtype)} do not fit `model` (a shared parameter may come
-    under any of its names)."""
+    under any of its names); a model file's architecture entry is not a weight."""
+    headers = {name: header for name, header in headers.items() if name != MODEL_KEY}
     params = dict(model._parameter_paths())
     for name, (shape, dtype) in headers.items():
         if dtype.kind != "f":

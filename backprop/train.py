@@ -403,7 +403,8 @@ def _validation_shard(validation, batch_size: int, ranks) -> tuple[Batches, bool
 
 @no_grad()
 def predict(model, inputs, batch_size: int = 1000):
-    """The model's outputs for `inputs` (host or backend array), as one backend array.
+    """The model's outputs for `inputs` (host or backend array), as one backend array (not
+    classes: `predict_classes` gives those).
 
     No rows give an empty array of shape (0, outputs), as `model(x[:0])` does in PyTorch."""
     host = _host(inputs)
@@ -416,6 +417,25 @@ def predict(model, inputs, batch_size: int = 1000):
         else:
             outs = [model(Tensor(x)).data for x, _ in Batches(host, np.zeros(len(host)), batch_size, shuffle=False)]
     return namespace_of(outs[0]).concat(outs, axis=0)
+
+
+def predict_classes(model, inputs, batch_size: int = 1000, threshold: float = 0.5):
+    """The class each sample's outputs pick, as a backend int64 array: the index of the largest
+    output, or for a model with one output, 1 where it is at least `threshold` (0.5 for a sigmoid
+    probability; give 0.0 for a logit). `predict` gives the outputs themselves.
+
+    >>> import backprop as bp
+    >>> model = bp.nn.mlp([2, 3], "tanh", init="zeros")
+    >>> bp.to_numpy(predict_classes(model, [[0.0, 1.0], [2.0, 3.0]])).tolist()
+    [0, 0]
+    """
+    out = predict(model, inputs, batch_size)
+    xp = namespace_of(out)
+    if out.ndim != 2:
+        raise ConfigError(f"predict_classes needs outputs of shape (samples, outputs), the model gives {out.shape}")
+    if out.shape[1] == 1:
+        return xp.astype(out[:, 0] >= threshold, xp.int64)
+    return xp.astype(xp.argmax(out, axis=1), xp.int64)
 
 
 def fit(
