@@ -340,9 +340,10 @@ def train(args) -> int:
         bp.io.save_model(model, args.save, loss=args.loss)
         print(f"model written to {args.save} (backprop evaluate|predict {args.save} ...; bp.load_model)")
     if args.plot:
-        bp.plots.plot_training(history, model, args.plot, title=f"{args.dataset}: {sizes}")
+        bp.plots.plot_training(history, model, args.plot, title=f"{args.dataset}: {sizes}", validation_label="test",
+                               loss_label=f"{args.loss.replace('_', '-')} loss")  # fmt: skip
         if boundary is not None:
-            bp.plots.plot_decision_boundary(model, x, y, boundary)
+            bp.plots.plot_decision_boundary(model, x, y, boundary, title="decision boundary, training points")
         print(f"plot written to {args.plot}")
     return 0
 
@@ -400,10 +401,10 @@ def main(argv=None) -> int:
             return train(args)
         if args.command == "info":
             return info()
-        build_parser().print_help()
         if args.command in ("evaluate", "predict"):
             use_selected_backend(args)
             return getattr(cli_model, args.command)(args)
+        build_parser().print_help()
         return 2
     except (UserError, OSError) as error:  # bad input, or a file that cannot be read or written
         print(f"backprop: error: {error}", file=sys.stderr)

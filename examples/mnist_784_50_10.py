@@ -17,7 +17,8 @@ import backprop as bp
 def main(epochs: int = 10, limit: int | None = None, stop_at: float | None = None, plot=None, seed: int = 0) -> dict:
     model, history = fit_sigmoid_quadratic([784, 50, 10], 8, "glorot_normal", epochs, limit, stop_at, seed)
     if plot:
-        bp.plots.plot_training(history, model, plot, title="MNIST 784-50-10, sigmoid, batch 8, lr 3.0")
+        title = "MNIST 784-50-10, sigmoid, batch 8, lr 3.0"
+        bp.plots.plot_training(history, model, plot, title, validation_label="test", loss_label="quadratic loss")
     return report("784-50-10", history)
 
 
