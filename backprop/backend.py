@@ -116,15 +116,30 @@ def _from_environment() -> Backend:
     return _default
 
 
+def _chosen(name: str, device) -> Backend:
+    """make_backend(name, device); without a device, BACKPROP_DEVICE's where BACKPROP_BACKEND names no
+    other backend (as the command line's --backend does), checked now and named in the error."""
+    env_backend = os.environ.get("BACKPROP_BACKEND") or None
+    env_device = os.environ.get("BACKPROP_DEVICE") or None
+    if device is not None or env_device is None or env_backend not in (None, name):
+        return make_backend(name, device)
+    try:
+        return make_backend(name, env_device)
+    except BackendError as error:
+        raise BackendError(f"BACKPROP_DEVICE={env_device!r}: {error}") from None
+
+
 def set_backend(name: str, device=None) -> Backend:
-    """Choose the backend for the whole process (``"numpy"``, ``"cupy"``, ``"torch"``, ...).
+    """Choose the backend for the whole process (``"numpy"``, ``"cupy"``, ``"torch"``, ...), on
+    `device` (default: BACKPROP_DEVICE where it is set, see `_chosen`); an uninstalled backend names
+    its pip extra, and a device the backend lacks lists the ones it has.
 
     >>> import backprop as bp
     >>> bp.set_backend("numpy").name
     'numpy'
     """
     global _default
-    backend = make_backend(name, device)
+    backend = _chosen(name, device)
     backend.entry.select(backend.device)  # kernels run on it (CuPy runs them on the current device)
     _default = backend
     return _default
@@ -132,8 +147,9 @@ def set_backend(name: str, device=None) -> Backend:
 
 @contextlib.contextmanager
 def use_backend(name: str, device=None):
-    """Use a backend inside a ``with`` block only; blocks nest and restore on exit."""
-    backend = make_backend(name, device)
+    """Use a backend inside a ``with`` block only; blocks nest and restore on exit. The device
+    is chosen and checked as `set_backend`'s."""
+    backend = _chosen(name, device)
     token = _scoped.set(backend)
     try:
         with backend.entry.on(backend.device):  # kernels run on its device inside the block

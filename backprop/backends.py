@@ -400,6 +400,9 @@ class CuPyBackend(BackendEntry):
     distributions = ("cupy-cuda12x", "cupy-cuda13x", "cupy")
     capture, on_gpu = "cuda-graph", True
 
+    def install_hint(self) -> str:
+        return 'pip install "backprop[cuda12]" (CUDA 12; "backprop[cuda13]" for CUDA 13)'
+
     def load(self):
         """CuPy, after one kernel and one matrix product have run: its wheels load NVRTC and cuBLAS
         separately, and a device count alone passes where the first kernel fails."""

@@ -3,6 +3,7 @@ naturally; anything else is one line naming what was passed and what is expected
 
 import importlib.util
 import inspect
+import re
 import subprocess
 import sys
 
@@ -109,3 +110,26 @@ def test_evaluate_and_predict_keep_their_signatures_and_docstrings():
 def test_the_command_line_tells_its_version():
     result = subprocess.run([sys.executable, "-m", "backprop", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == f"backprop {bp.__version__}"
+
+
+def test_backprop_device_is_checked_when_a_backend_is_chosen(monkeypatch):
+    monkeypatch.delenv("BACKPROP_BACKEND", raising=False)
+    monkeypatch.setenv("BACKPROP_DEVICE", "cuda:7")
+    before = bp.get_backend()
+    for choose in (bp.set_backend, lambda name: bp.use_backend(name).__enter__()):
+        with pytest.raises(bp.BackendError, match=r"^BACKPROP_DEVICE='cuda:7': backend 'numpy' runs on the CPU only"):
+            choose("numpy")
+    assert bp.get_backend() == before
+    monkeypatch.setenv("BACKPROP_BACKEND", "some_other")  # the device goes with that backend, not with numpy
+    with bp.use_backend("numpy") as backend:
+        assert backend.name == "numpy" and backend.device is None
+
+
+def test_an_uninstalled_backend_names_its_pip_extra():
+    from backprop.backends import BACKENDS
+
+    assert BACKENDS["cupy"].install_hint() == 'pip install "backprop[cuda12]" (CUDA 12; "backprop[cuda13]" for CUDA 13)'
+    assert BACKENDS["torch"].install_hint() == 'pip install "backprop[torch]"'
+    if not BACKENDS["cupy"].installed():
+        with pytest.raises(bp.BackendError, match=re.escape('not installed: pip install "backprop[cuda12]"')):
+            bp.set_backend("cupy")
