@@ -7,13 +7,21 @@ nox -s tests_mpi        backprop.distributed under mpiexec (also part of `nox -s
 nox -s tests_jax        JAX on the CPU (a large download, so not in the default matrix)
 nox -s tests_mkl        NumPy built from source against MKL (about 5 minutes on 2 cores)
 nox -s lint             ruff
+nox -s docs             the documentation site (mkdocs.yml, docs/): mkdocs build --strict into site/
+nox -s package          sdist + wheel (python -m build), twine check, contents; the wheel run in a clean venv
+nox -s readme           every README bash/python block and example, installed, outside the checkout
 """
 
 import importlib
 import os
+import re
 import shutil
+import subprocess
 import sys
+import tarfile
+import tempfile
 import types
+import zipfile
 from pathlib import Path
 
 import nox
@@ -28,6 +36,7 @@ TEST_DEPS = [
     "array-api-strict>=2.3",
     "matplotlib>=3.8",
     "tqdm>=4.60",
+    "pooch>=1.8",
 ]
 
 
@@ -158,3 +167,122 @@ def bench_mkl(session):
     session.install("-e", BENCH_PROJECT, *BENCH_DEPS)
     session.run("python", "-c", f"from backprop.blas import assert_blas; assert_blas('mkl', {os.cpu_count()})")
     session.run("backprop", "bench", *(session.posargs or ["--name", "cpu-mkl"]))
+
+
+@nox.session
+def docs(session):
+    """The documentation site (mkdocs.yml, docs/) built with warnings as errors into site/."""
+    session.install("-e", ".[docs]")
+    # NO_MKDOCS_2_WARNING: Material for MkDocs prints a notice of its end of life (2027) on every
+    # build; Zensical, its successor, reads the same mkdocs.yml
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+ROOT = Path(__file__).resolve().parent
+# what the wheel must hold besides every module of backprop/, and what it must not
+WHEEL_NEEDS = ["backprop/data/digits.csv.gz", "backprop/data/DIGITS-LICENSE.txt", "{dist_info}/licenses/LICENSE"]
+# what a from-sdist build needs (pyproject.toml, the readme, the licence files, the package and its
+# data), and the test suite with what it reads (examples/, bench/)
+SDIST_NEEDS = [
+    "PKG-INFO", "pyproject.toml", "README.md", "LICENSE", "backprop/__init__.py", "backprop/data/digits.csv.gz",
+    "backprop/data/DIGITS-LICENSE.txt", "tests/conftest.py", "tests/readme_trial.py", "examples/_common.py",
+    "bench/suite.py",
+]  # fmt: skip
+JUNK = re.compile(r"(^|/)(\.[a-z_-]+|__pycache__|build|dist|site)/|\.py[cod]$")  # .venv/, .nox/, .git/, caches
+
+
+def _build(session) -> tuple[Path, Path]:
+    """sdist and wheel by `python -m build` (the wheel is built from the sdist) in the session's tmp folder."""
+    session.install("build>=1.2")
+    dist = Path(session.create_tmp()).resolve() / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", str(dist), str(ROOT))
+    if not dist.is_dir():  # --install-only
+        return Path(), Path()
+    (sdist,), (wheel,) = dist.glob("*.tar.gz"), dist.glob("*.whl")
+    # setuptools writes backprop.egg-info beside the source, and build/ where a wheel is built in place
+    leftovers = [p.name for p in ROOT.iterdir() if p.name in ("build", "dist") or p.name.endswith(".egg-info")]
+    if leftovers and shutil.which("git") and (ROOT / ".git").exists():
+        check = ["git", "-C", str(ROOT), "check-ignore", "-q"]
+        kept = [name for name in leftovers if subprocess.run([*check, name]).returncode != 0]
+        if kept:
+            session.error(f"building left {kept} in the checkout, and .gitignore does not ignore them")
+    return sdist, wheel
+
+
+def _check_dists(session, sdist: Path, wheel: Path) -> None:
+    """The wheel holds every module of backprop/, its data and licences and nothing else; the sdist
+    holds what a from-sdist build and the test suite need, and no junk."""
+    with zipfile.ZipFile(wheel) as archive:
+        in_wheel = set(archive.namelist())
+        dist_info = next(n.split("/")[0] for n in in_wheel if n.split("/")[0].endswith(".dist-info"))
+        entry_points = archive.read(f"{dist_info}/entry_points.txt").decode()
+    modules = {f"backprop/{p.relative_to(ROOT / 'backprop').as_posix()}" for p in (ROOT / "backprop").rglob("*.py")}
+    modules = {name for name in modules if "__pycache__" not in name}
+    missing = sorted({n.format(dist_info=dist_info) for n in WHEEL_NEEDS} - in_wheel) + sorted(modules - in_wheel)
+    junk = sorted(n for n in in_wheel if JUNK.search(n) or n.split("/")[0] not in ("backprop", dist_info))
+    if missing or junk:
+        session.error(f"{wheel.name}: missing {missing}, junk {junk}")
+    if "backprop = backprop.cli:main" not in entry_points:
+        session.error(f"{wheel.name}: no `backprop` console script in entry_points.txt:\n{entry_points}")
+    with tarfile.open(sdist) as archive:
+        in_sdist = {n.split("/", 1)[1] for n in archive.getnames() if "/" in n}
+    package = {n for n in in_wheel if n.startswith("backprop/")}
+    missing = sorted(set(SDIST_NEEDS) - in_sdist) + sorted(package - in_sdist)
+    junk = sorted(n for n in in_sdist if JUNK.search(n) or n.startswith("bench/results/"))
+    if missing or junk:
+        session.error(f"{sdist.name}: missing {missing}, junk {junk}")
+    session.log(f"{wheel.name}: {len(in_wheel)} files; {sdist.name}: {len(in_sdist)} files; contents as expected")
+
+
+@nox.session
+def package(session):
+    """sdist and wheel as `python -m build` makes them, `twine check --strict`, their contents; then the
+    wheel with [plot,progress] in a clean venv, run from outside the checkout: --version, info, train."""
+    sdist, wheel = _build(session)
+    session.install("twine>=6")
+    session.run("twine", "check", "--strict", str(sdist), str(wheel))
+    if not wheel.is_file():  # --install-only
+        return
+    _check_dists(session, sdist, wheel)
+    trial = Path(session.create_tmp()).resolve() / "clean-venv"
+    session.run("python", "-m", "venv", "--clear", str(trial))
+    scripts = trial / ("Scripts" if sys.platform == "win32" else "bin")
+    python, console = scripts / "python", shutil.which("backprop", path=str(scripts)) or scripts / "backprop"
+    session.run(str(python), "-m", "pip", "install", "--quiet", f"{wheel}[plot,progress]", external=True)
+    version = wheel.name.split("-")[1]
+    env = {"PYTHONPATH": None, "MPLBACKEND": "Agg"}  # nothing but the clean venv's own packages
+    with tempfile.TemporaryDirectory(prefix="backprop-package-") as outside, session.chdir(outside):
+
+        def backprop(*args: str) -> str:
+            out = session.run(str(console), *args, external=True, silent=True, env=env)  # the console script
+            session.log(out.rstrip())
+            return out
+
+        where = session.run(str(python), "-c", "import backprop; print(backprop.__file__)", external=True,
+                            silent=True, env=env).strip()  # fmt: skip
+        if not Path(where).resolve().is_relative_to(trial.resolve()):
+            session.error(f"backprop was imported from {where}, not from the clean venv {trial}")
+        if backprop("--version").strip() != f"backprop {version}":
+            session.error(f"`backprop --version` does not say the wheel's version {version}")
+        if not re.search(r"^\s+numpy\s+\S+\s+devices", backprop("info"), re.M):
+            session.error("`backprop info` does not list NumPy with its devices")
+        plot = Path(outside) / "t.png"
+        trained = backprop("train", "--epochs", "2", "--plot", str(plot))
+        accuracy = re.search(r"test accuracy (\d\.\d+) after 2 epochs", trained)
+        if not accuracy or float(accuracy[1]) < 0.5:
+            session.error("`backprop train --epochs 2` does not report a test accuracy above 0.5")
+        if not plot.is_file() or plot.read_bytes()[:8] != b"\x89PNG\r\n\x1a\n" or plot.stat().st_size < 1000:
+            session.error(f"`backprop train --plot` wrote no PNG image to {plot}")
+    session.log(f"the wheel installs and trains from {trial}: test accuracy {accuracy[1]} after 2 epochs")
+
+
+@nox.session
+def readme(session):
+    """Every ```bash and ```python block of README.md and every example at its shortest settings
+    (tests/readme_trial.py), with the wheel installed in the session's fresh venv, run outside the checkout."""
+    _, wheel = _build(session)
+    session.install(f"{wheel}[plot,progress]" if wheel.is_file() else ".[plot,progress]")
+    with tempfile.TemporaryDirectory(prefix="backprop-readme-") as outside, session.chdir(outside):
+        session.run("python", str(ROOT / "tests" / "readme_trial.py"), "--installed", *session.posargs,
+                    env={"PYTHONPATH": None, "MPLBACKEND": "Agg"})  # fmt: skip

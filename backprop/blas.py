@@ -1,4 +1,4 @@
-"""Which BLAS NumPy loaded, and with how many threads (via threadpoolctl, an optional dependency).
+"""Which BLAS NumPy loaded, and with how many threads (via threadpoolctl, in the `progress` extra).
 
 >>> from backprop.blas import numpy_blas
 >>> sorted(numpy_blas())
@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
-from backprop.errors import MissingDependency
+from backprop.errors import MissingDependency, count
+
+INSTALL = 'pip install "backprop[progress]"'  # the quick start's extra brings threadpoolctl
 
 
 def numpy_blas() -> dict:
@@ -16,7 +18,7 @@ def numpy_blas() -> dict:
         from threadpoolctl import threadpool_info
     except ImportError as error:
         raise MissingDependency(
-            "reading the BLAS configuration needs threadpoolctl: pip install threadpoolctl"
+            f"reading NumPy's BLAS and its threads needs threadpoolctl: {INSTALL} (or pip install threadpoolctl)"
         ) from error
     import numpy as np
 

@@ -5,6 +5,7 @@ files as one line, and atomic writes that survive kill -9, keep permissions and 
 Memory bombs are small files that would make big allocations: tracemalloc measures the peak.
 """
 
+import contextlib
 import gzip
 import io
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_downloads import serving  # a local HTTPS mirror
 
 import backprop as bp
 from backprop.data import DataError, IDXError, read_idx, sources
@@ -329,8 +331,9 @@ def test_a_gzip_bomb_fails_its_checksum_without_being_decompressed_into_memory(t
     folder.mkdir()
     (folder / name).write_bytes(gzip_bomb)
     checksum = bp.data.mnist_checksums["mnist"][name]
-    mirrors = [folder.as_uri() + "/"] if where == "downloaded" else []
-    raised, peak = _peak(lambda: sources.fetch("mnist", name, checksum, mirrors, data_dir=tmp_path))
+    with serving(folder, monkeypatch) if where == "downloaded" else contextlib.nullcontext() as mirror:
+        mirrors = [mirror] if mirror else []
+        raised, peak = _peak(lambda: sources.fetch("mnist", name, checksum, mirrors, data_dir=tmp_path))
     assert isinstance(raised, DataError) and "checksum mismatch" in str(raised), raised
     assert peak < 8 * MiB
 

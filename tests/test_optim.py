@@ -85,9 +85,9 @@ def test_state_arrays_are_read_and_replaced_in_a_fixed_order(backend):
     assert opt.steps == 2
     for got, want in zip(opt.state_arrays(), arrays, strict=True):
         np.testing.assert_array_equal(bp.to_numpy(got), bp.to_numpy(want), strict=True)
-    with pytest.raises(ValueError, match="3 state arrays given for a Adam state of 4"):
+    with pytest.raises(ValueError, match="3 state arrays given for an Adam state of 4"):
         opt.load_state_arrays(arrays[:3])
-    with pytest.raises(ValueError, match="5 state arrays given for a Adam state of 4"):
+    with pytest.raises(ValueError, match="5 state arrays given for an Adam state of 4"):
         opt.load_state_arrays([*arrays, arrays[0]])
 
 

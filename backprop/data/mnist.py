@@ -20,11 +20,14 @@ from backprop.data.idx import parse_idx, read_at_most
 from backprop.data.sources import DataError, fetch
 from backprop.errors import ConfigError
 
-MNIST_MIRRORS = (
+MNIST_MIRRORS = (  # PyTorch's, then TensorFlow's (https only: sources.fetch refuses anything else)
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
-FASHION_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
+FASHION_MIRRORS = (  # the authors' repository (its README: "the dataset appears under data/fashion"), then Keras's
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
+)
 
 # MD5 of each file's decompressed contents (identical for upstream and re-compressed copies)
 CHECKSUMS = {
