@@ -90,8 +90,14 @@ def test_included_files_exist(page):
     """Every `--8<--` snippet (examples/, bench/) names a file of the repository: an include
     that went stale fails here, in the default test session, not only in `nox -s docs`."""
     for target in SNIPPET.findall(page.read_text(encoding="utf-8")):
-        path = re.sub(r"(:-?\d*)+$", "", target)  # a line range: "file.md:2:" or "file.md:3:10"
+        path, section = re.sub(r"(:-?\d*)+$", "", target), None  # a line range: "file.md:2:" or "file.md:3:10"
+        if re.search(r":[A-Za-z][\w-]*$", path):  # a section: "README.md:from-pytorch"
+            path, section = path.rsplit(":", 1)
         assert (ROOT / path).is_file(), f"{_page_id(page)} includes {target!r}, which does not exist"
+        if section is not None:
+            text = (ROOT / path).read_text(encoding="utf-8")
+            for end in ("start", "end"):
+                assert f"--8<-- [{end}:{section}]" in text, f"{path} has no {end} marker of section {section!r}"
 
 
 def test_the_api_reference_names_every_public_name():
