@@ -147,9 +147,10 @@ def set_backend(name: str, device=None) -> Backend:
 
 @contextlib.contextmanager
 def use_backend(name: str, device=None):
-    """Use a backend inside a ``with`` block only; blocks nest and restore on exit. The device
-    is chosen and checked as `set_backend`'s."""
-    backend = _chosen(name, device)
+    """Use a backend inside a ``with`` block only; blocks nest and restore on exit. The block
+    gets `device` (checked), or the backend's default: BACKPROP_DEVICE is the process's choice,
+    for set_backend, not for a library's or a test's scoped block."""
+    backend = make_backend(name, device)
     token = _scoped.set(backend)
     try:
         with backend.entry.on(backend.device):  # kernels run on its device inside the block

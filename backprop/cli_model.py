@@ -1,20 +1,22 @@
 """`backprop evaluate` and `backprop predict`: a model saved by `backprop train --save` (or
 `bp.save_model`), loaded without its code, scored on a dataset or run on inputs from a file.
 
-Everything is checked before any output is written: the model file, the inputs' shape against the
-model's input width, and the output path (written atomically: a failed run leaves no half file).
+Everything is checked before any output is written: the model file, the inputs (numbers, finite,
+as many per row as the model takes) and the output's format and folder; the output is written
+atomically, so a failed run leaves no half file.
 """
 
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 import backprop as bp
 from backprop.data import DATASETS
-from backprop.errors import ConfigError
+from backprop.errors import ConfigError, count
 from backprop.files import atomic_write
 from backprop.summary import _input_features, _leaves
 
@@ -50,13 +52,22 @@ def _load(path):
         raise ConfigError(f"{path}: a model file is a .npz or .safetensors written by --save or bp.save_model")
     if not Path(path).is_file():
         raise ConfigError(f"{path}: no such model file")
-    return bp.load_model(path), bp.io.model_info(path)
+    model = bp.load_model(path)
+    if not model.parameters():
+        raise ConfigError(f"{path}: the model has no parameters, so nothing to evaluate or predict with")
+    return model, bp.io.model_info(path)
 
 
 def _check_width(model, width: int, what: str, path) -> None:
     expected = _input_features(list(_leaves(model)))
     if expected is not None and width != expected:
-        raise ConfigError(f"{what} has {width} inputs per sample; the model in {path} takes {expected}")
+        raise ConfigError(f"{what} has {count(width, 'input')} per sample; the model in {path} takes {expected}")
+
+
+def _outputs(model, width: int) -> int:
+    """How many outputs the model gives a sample of `width` inputs."""
+    dtype = bp.backend.dtype_name(model.parameters()[0].dtype)
+    return bp.to_numpy(bp.predict(model, np.zeros((1, width), dtype))).shape[-1]
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -70,7 +81,10 @@ def evaluate(args: argparse.Namespace) -> int:
     x, y = test if args.split == "test" else (x, y)
     _check_width(model, x.shape[1], f"{args.dataset} ({args.split})", args.model)
     dtype = bp.backend.dtype_name(model.parameters()[0].dtype)
-    outputs = bp.to_numpy(bp.predict(model, x[:1].astype(dtype))).shape[1]
+    outputs, classes = _outputs(model, x.shape[1]), int(y.max()) + 1
+    if outputs != classes and not (outputs == 1 and classes == 2):
+        raise ConfigError(f"{args.dataset} has {classes} classes; the model in {args.model} gives "
+                          f"{count(outputs, 'output')}")  # fmt: skip
     scores = bp.evaluate(model, loss, (x.astype(dtype), _targets(y, loss, outputs, dtype)), args.batch_size)
     print(f"{args.dataset} {args.split} ({len(x)} samples): {loss} loss {scores['loss']:.4f}, "
           f"accuracy {scores['accuracy']:.4f}")  # fmt: skip
@@ -84,24 +98,32 @@ def _read_inputs(path) -> np.ndarray:
     if not Path(path).is_file():
         raise ConfigError(f"{path}: no such file")
     try:
-        rows = np.load(path, allow_pickle=False) if suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # NumPy warns of an empty file; the check below names it
+            rows = np.load(path, allow_pickle=False) if suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=2)
     except ValueError as error:
         raise ConfigError(f"{path}: not an array of numbers ({' '.join(str(error).split())[:200]})") from None
     rows = rows[None, :] if rows.ndim == 1 else rows
-    if rows.ndim != 2 or rows.dtype.kind not in "biuf":
+    if rows.ndim != 2 or rows.dtype.kind not in "biuf" or rows.size == 0:
         raise ConfigError(f"{path}: needs one row of numbers per sample, got {rows.dtype} of shape {rows.shape}")
+    if not np.isfinite(rows).all():
+        raise ConfigError(f"{path}: holds inf or NaN (row {int(np.argmin(np.isfinite(rows).all(axis=1)))})")
     return rows
 
 
 def predict(args: argparse.Namespace) -> int:
     if args.output is not None and Path(args.output).suffix.lower() not in (".npy", ".csv"):
         raise ConfigError(f"--output {args.output}: predictions are written as .npy or .csv")
-    model, _ = _load(args.model)
+    if args.output is not None and not Path(args.output).absolute().parent.is_dir():
+        raise ConfigError(f"--output {args.output}: no folder {Path(args.output).parent}")
+    model, info = _load(args.model)
     rows = _read_inputs(args.inputs)
     _check_width(model, rows.shape[1], args.inputs, args.model)
-    found = (
-        bp.predict(model, rows, args.batch_size) if args.outputs else bp.predict_classes(model, rows, args.batch_size)
-    )
+    threshold = 0.0 if info.get("loss") == "bce_logits" else 0.5  # one output: a logit, or a probability
+    if args.outputs:
+        found = bp.predict(model, rows, args.batch_size)
+    else:
+        found = bp.predict_classes(model, rows, args.batch_size, threshold=threshold)
     found = bp.to_numpy(found)
     if args.output is None:
         for row in found:

@@ -16,18 +16,33 @@ holds the two helpers that keep messages grammatical: `a(noun)` and `count(n, no
 
 
 def a(noun: str) -> str:
-    """`noun` with its indefinite article, by sound: "an Adam", "a Tensor", "an SGD", "an ndarray"
-    (an acronym is read letter by letter)."""
+    """`noun` with its indefinite article, by sound: "an Adam", "a Tensor", "an SGD", "an ndarray",
+    "a uint8", "an 8-bit" (an acronym is read letter by letter)."""
+    if not noun:
+        return noun
     acronym = noun[:2].isupper() or noun.startswith("nd")  # ndarray: "en-dee-array"
-    vowel_sound = noun[:1].upper() in "AEFHILMNORSX" if acronym else noun[:1].lower() in "aeiou"
+    if acronym:
+        vowel_sound = noun[0].upper() in "AEFHILMNORSX"
+    elif noun[0].isdigit():
+        vowel_sound = noun.startswith(("8", "11", "18"))  # eight, eleven, eighteen
+    else:
+        you = noun.lower().startswith(("uint", "ufunc", "use", "uni", "usa", "eu"))  # "yoo"
+        vowel_sound = noun[0].lower() in "aeiou" and not you
     return f"{'an' if vowel_sound else 'a'} {noun}"
 
 
 def count(n: int, noun: str) -> str:
-    """`n` and `noun`, plural unless n is 1: "1 epoch", "3 epochs", "2 processes"."""
+    """`n` and `noun`, plural unless n is 1: "1 epoch", "3 epochs", "2 processes", "2 batches"."""
     if n == 1:
         return f"{n} {noun}"
-    return f"{n} {noun}{'es' if noun.endswith(('s', 'sh', 'x')) else 's'}"
+    if noun in IRREGULAR:
+        return f"{n} {IRREGULAR[noun]}"
+    if noun.endswith("y") and noun[-2:-1] not in ("a", "e", "o", "u"):
+        return f"{n} {noun[:-1]}ies"
+    return f"{n} {noun}{'es' if noun.endswith(('s', 'sh', 'x', 'tch', 'z')) else 's'}"
+
+
+IRREGULAR = {"axis": "axes", "matrix": "matrices", "index": "indices"}
 
 
 class UserError(Exception):

@@ -213,6 +213,7 @@ def load_weights(model, path) -> None:
 
 
 MODEL_KEY = "__backprop_model__"  # a model file's architecture: JSON beside the weights
+MODEL_VERSION = 1
 
 
 def save_model(model, path, loss: str | None = None) -> None:
@@ -232,7 +233,7 @@ def save_model(model, path, loss: str | None = None) -> None:
 
     if loss is not None and loss not in LOSSES:
         raise ConfigError(f"save_model: unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
-    meta = {"format": "backprop model", "version": 1, "architecture": describe(model), "loss": loss}
+    meta = {"format": "backprop model", "version": MODEL_VERSION, "architecture": describe(model), "loss": loss}
     arrays = {name: to_numpy(a) for name, a in model.state_dict().items()}
     _save_arrays(path, {**arrays, MODEL_KEY: np.array(json.dumps(meta))})
 
@@ -245,9 +246,9 @@ def load_model(path, custom_layers=()):
     from backprop.architecture import build
 
     meta, headers = _model_meta(path)
-    dtypes = {name: dtype.name for name, (_, dtype) in headers.items() if dtype.kind == "f"}
+    weights = {name: (shape, dtype.name) for name, (shape, dtype) in headers.items() if dtype.kind == "f"}
     try:
-        model = build(meta["architecture"], dtypes, custom_layers)
+        model = build(meta["architecture"], weights, custom_layers)
     except ConfigError as error:
         raise FileFormatError(f"{path}: {error}") from None
     load_weights(model, path)
@@ -273,15 +274,22 @@ def _model_meta(path) -> tuple[dict, dict]:
         if shape != () or dtype.kind != "U" or dtype.itemsize > MAX_METADATA_BYTES:
             raise FileFormatError(f"{path}: its architecture of {str(dtype):.60} {shape} is not one bounded string")
 
+    from backprop.losses import LOSSES
+
     text = str(_load_arrays(path, check, only=(MODEL_KEY,))[MODEL_KEY])
     try:
         meta = json.loads(text)
         valid = meta.get("format") == "backprop model" and isinstance(meta.get("architecture"), dict)
-        valid = valid and (meta.get("loss") is None or isinstance(meta["loss"], str))
-    except (ValueError, AttributeError, RecursionError):
+        valid = valid and (meta.get("loss") is None or meta["loss"] in LOSSES)
+    except (ValueError, AttributeError, RecursionError, TypeError):
         valid = False
     if not valid:
         raise FileFormatError(f"{path}: not a readable backprop model (its architecture is malformed)")
+    if meta.get("version") != MODEL_VERSION:
+        raise FileFormatError(
+            f"{path}: a backprop model file of version {meta.get('version')!r}; this backprop reads version "
+            f"{MODEL_VERSION} (a newer backprop wrote it?)"
+        )
     headers.pop(MODEL_KEY)
     return meta, headers
 
@@ -289,6 +297,9 @@ def _model_meta(path) -> tuple[dict, dict]:
 def _check_weights(path, model, headers: dict) -> None:
     """Refuse weights whose {name: (shape, dtype)} do not fit `model` (a shared parameter may come
     under any of its names); a model file's architecture entry is not a weight."""
+    model_text = headers.get(MODEL_KEY)
+    if model_text is not None and (model_text[0] != () or model_text[1].kind != "U"):
+        raise FileFormatError(f"{path}: array {MODEL_KEY!r} of {str(model_text[1]):.60} {model_text[0]} is no model")
     headers = {name: header for name, header in headers.items() if name != MODEL_KEY}
     params = dict(model._parameter_paths())
     for name, (shape, dtype) in headers.items():

@@ -25,7 +25,7 @@ from array_api_compat import device as device_of
 from array_api_compat import is_array_api_obj
 
 from backprop import distributed
-from backprop.backend import copy_array, get_backend, namespace_of, to_numpy
+from backprop.backend import copy_array, dtype_name, get_backend, namespace_of, to_numpy
 from backprop.backends import backend_of
 from backprop.data.batches import Batches
 from backprop.errors import ConfigError, UserError, count
@@ -406,10 +406,14 @@ def predict(model, inputs, batch_size: int = 1000):
     """The model's outputs for `inputs` (host or backend array), as one backend array (not
     classes: `predict_classes` gives those).
 
-    No rows give an empty array of shape (0, outputs), as `model(x[:0])` does in PyTorch."""
+    Numbers are cast to the parameters' dtype first (as `model(x)` does with a host array). No rows
+    give an empty array of shape (0, outputs), as `model(x[:0])` does in PyTorch."""
     host = _host(inputs)
     if host.ndim == 0:
         raise ConfigError("predict needs an array with a row per sample, not a scalar")
+    first = next(iter(model.parameters()), None)
+    if first is not None and host.dtype.kind in "biuf":
+        host = host.astype(dtype_name(first.dtype), copy=False)
     with _evaluating(model):
         if len(host) == 0:
             _positive_int("batch_size", batch_size)
@@ -421,8 +425,8 @@ def predict(model, inputs, batch_size: int = 1000):
 
 def predict_classes(model, inputs, batch_size: int = 1000, threshold: float = 0.5):
     """The class each sample's outputs pick, as a backend int64 array: the index of the largest
-    output, or for a model with one output, 1 where it is at least `threshold` (0.5 for a sigmoid
-    probability; give 0.0 for a logit). `predict` gives the outputs themselves.
+    output, or for a model with one output, 1 where it is above `threshold` (0.5 for a sigmoid
+    probability, as fit's accuracy counts; give 0.0 for a logit). `predict` gives the outputs.
 
     >>> import backprop as bp
     >>> model = bp.nn.mlp([2, 3], "tanh", init="zeros")
@@ -434,7 +438,7 @@ def predict_classes(model, inputs, batch_size: int = 1000, threshold: float = 0.
     if out.ndim != 2:
         raise ConfigError(f"predict_classes needs outputs of shape (samples, outputs), the model gives {out.shape}")
     if out.shape[1] == 1:
-        return xp.astype(out[:, 0] >= threshold, xp.int64)
+        return xp.astype(out[:, 0] > threshold, xp.int64)
     return xp.astype(xp.argmax(out, axis=1), xp.int64)
 
 

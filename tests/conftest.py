@@ -25,6 +25,17 @@ def selected_backends() -> list[str]:
     return [name.strip() for name in chosen.split(",")] if chosen else list(BACKENDS)
 
 
+@pytest.fixture(autouse=True)
+def _process_backend_restored():
+    """The process-wide backend as it was before the test: a test (or a command line it runs with
+    --backend) that calls set_backend must not change the backend of the tests after it."""
+    from backprop import backend as flag
+
+    saved = flag._default
+    yield
+    flag._default = saved
+
+
 @pytest.fixture(params=selected_backends())
 def backend(request):
     """The name of the backend in force for this test (via bp.use_backend)."""

@@ -113,16 +113,16 @@ def test_the_command_line_tells_its_version():
 
 
 def test_backprop_device_is_checked_when_a_backend_is_chosen(monkeypatch):
+    before = bp.get_backend()  # resolved before the variables are set (the first use reads them)
     monkeypatch.delenv("BACKPROP_BACKEND", raising=False)
     monkeypatch.setenv("BACKPROP_DEVICE", "cuda:7")
-    before = bp.get_backend()
-    for choose in (bp.set_backend, lambda name: bp.use_backend(name).__enter__()):
-        with pytest.raises(bp.BackendError, match=r"^BACKPROP_DEVICE='cuda:7': backend 'numpy' runs on the CPU only"):
-            choose("numpy")
+    with pytest.raises(bp.BackendError, match=r"^BACKPROP_DEVICE='cuda:7': backend 'numpy' runs on the CPU only"):
+        bp.set_backend("numpy")
     assert bp.get_backend() == before
-    monkeypatch.setenv("BACKPROP_BACKEND", "some_other")  # the device goes with that backend, not with numpy
-    with bp.use_backend("numpy") as backend:
+    with bp.use_backend("numpy") as backend:  # a scoped block is the code's own choice: no environment
         assert backend.name == "numpy" and backend.device is None
+    monkeypatch.setenv("BACKPROP_BACKEND", "some_other")  # the device goes with that backend, not with numpy
+    assert bp.set_backend("numpy").device is None  # the conftest puts the process backend back
 
 
 def test_an_uninstalled_backend_names_its_pip_extra():

@@ -121,6 +121,10 @@ def test_messages_use_the_right_article_and_plural():
         "an Adam", "an SGD", "an AdamW", "a Linear", "an int", "a Tensor", "an ndarray"]  # fmt: skip
     assert [count(n, word) for n, word in ((1, "epoch"), (0, "epoch"), (2, "process"), (3, "thread"))] == [
         "1 epoch", "0 epochs", "2 processes", "3 threads"]  # fmt: skip
+    assert [count(2, word) for word in ("batch", "entry", "axis", "key", "input")] == [
+        "2 batches", "2 entries", "2 axes", "2 keys", "2 inputs"]  # fmt: skip
+    assert [a(word) for word in ("uint8", "ufunc", "UserDict", "8-bit", "int8", "")] == [
+        "a uint8", "a ufunc", "a UserDict", "an 8-bit", "an int8", ""]  # fmt: skip
 
 
 def test_the_final_line_after_one_epoch_says_epoch(capsys):
