@@ -18,7 +18,7 @@ import backprop as bp
 from backprop.data import DATASETS
 from backprop.errors import ConfigError, count
 from backprop.files import atomic_write
-from backprop.summary import _input_features, _leaves
+from backprop.summary import input_features, leaves
 
 INPUT_SUFFIXES = (".npy", ".csv", ".txt")
 
@@ -59,7 +59,7 @@ def _load(path):
 
 
 def _check_width(model, width: int, what: str, path) -> None:
-    expected = _input_features(list(_leaves(model)))
+    expected = input_features(list(leaves(model)))
     if expected is not None and width != expected:
         raise ConfigError(f"{what} has {count(width, 'input')} per sample; the model in {path} takes {expected}")
 

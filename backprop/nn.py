@@ -16,6 +16,7 @@ container items); `load_state_dict` accepts it under any of its names.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from itertools import pairwise
 
@@ -227,6 +228,20 @@ class Module:
     def __repr__(self) -> str:
         inner = ", ".join(f"{name}={child!r}" for name, child in self.children())
         return f"{type(self).__name__}({inner})"
+
+
+@contextlib.contextmanager
+def evaluating(model: Module):
+    """`model` in eval mode inside the block; after it, every module back in its own mode (a
+    sub-module the user keeps in eval mode stays so)."""
+    modes = [(module, module.training) for _, module in model.named_modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            if module.training != mode:
+                module.training = mode
 
 
 def _collect_parameters(module: Module, prefix: str, path: set, out: list) -> None:

@@ -25,21 +25,22 @@ import numpy as np
 from backprop.backend import dtype_name
 from backprop.backends import backend_of
 from backprop.errors import ConfigError
+from backprop.nn import evaluating
 from backprop.tensor import Tensor, no_grad
 
 
-def _leaves(module, name: str = ""):
+def leaves(module, name: str = ""):
     """(name, module) for each module without sub-modules, in forward order for a Sequential."""
     children = list(module.children())
     if not children:
         yield name or type(module).__name__, module
     for child, sub in children:
-        yield from _leaves(sub, f"{name}.{child}" if name else child)
+        yield from leaves(sub, f"{name}.{child}" if name else child)
 
 
-def _input_features(leaves) -> int | None:
+def input_features(layers) -> int | None:
     """The input width of a model whose first layer with weights is a Linear, else None."""
-    for _, module in leaves:
+    for _, module in layers:
         if getattr(module, "in_features", None) is not None:
             return module.in_features
         if module.parameters():
@@ -48,29 +49,21 @@ def _input_features(leaves) -> int | None:
 
 
 @no_grad()
-def _output_shapes(model, leaves, input_shape) -> dict:
-    """{id(leaf): output shape} from a forward pass, layer by layer, over one zero sample (eval mode,
+def _output_shapes(model, layers, input_shape) -> dict:
+    """{id(layer): output shape} from a forward pass, layer by layer, over one zero sample (eval mode,
     so nothing random is drawn); empty when the model is not a chain of layers or has no input shape."""
-    if input_shape is None or not all(_is_chain(m) for m in [model, *[m for _, m in model.named_modules()]]):
-        return {}
     first = next(iter(model.parameters()), None)
-    xp = first.xp if first is not None else None
-    if xp is None:
+    if input_shape is None or first is None or not all(_is_chain(m) for _, m in model.named_modules()):
         return {}
-    x = Tensor(xp.zeros((1, *input_shape), dtype=first.data.dtype, device=first.device))
-    modes = [(module, module.training) for _, module in model.named_modules()]
+    x = Tensor(first.xp.zeros((1, *input_shape), dtype=first.data.dtype, device=first.device))
     shapes = {}
-    try:
-        model.eval()
-        for _, leaf in leaves:
-            x = leaf(x)
-            shapes[id(leaf)] = tuple(x.shape[1:])
-    except Exception as error:  # a layer that does not take the previous one's output
-        raise ConfigError(f"summary: input_shape {tuple(input_shape)} does not fit the model: {error}") from error
-    finally:
-        for module, mode in modes:
-            if module.training != mode:
-                module.training = mode
+    with evaluating(model):
+        try:
+            for _, layer in layers:
+                x = layer(x)
+                shapes[id(layer)] = tuple(x.shape[1:])
+        except Exception as error:  # a layer that does not take the previous one's output (any backend's error)
+            raise ConfigError(f"summary: input_shape {tuple(input_shape)} does not fit the model: {error}") from None
     return shapes
 
 
@@ -83,11 +76,11 @@ def _is_chain(module) -> bool:
 
 def summary_lines(model, input_shape=None) -> list[str]:
     """The lines `Module.summary` prints."""
-    leaves = list(_leaves(model))
+    layers = list(leaves(model))
     if input_shape is None:
-        features = _input_features(leaves)
+        features = input_features(layers)
         input_shape = None if features is None else (features,)
-    shapes = _output_shapes(model, leaves, input_shape)
+    shapes = _output_shapes(model, layers, input_shape)
     params = model.parameters()
     first = params[0] if params else None
     dtypes = ", ".join(sorted({dtype_name(p.dtype) for p in params}))
@@ -98,7 +91,7 @@ def summary_lines(model, input_shape=None) -> list[str]:
         f"{'layer':13} {'type':10} {'output shape':16} {'parameters':>10}",
         rule,
     ]
-    for name, leaf in leaves:
+    for name, leaf in layers:
         shape = shapes.get(id(leaf))
         shown = "(batch, " + ", ".join(map(str, shape)) + ")" if shape is not None else "?"
         count = sum(math.prod(p.shape) for p in leaf.parameters())

@@ -15,7 +15,6 @@ per step); batches come from `backprop.data.Batches` on the current backend.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 import time
@@ -30,6 +29,7 @@ from backprop.backends import backend_of
 from backprop.data.batches import Batches
 from backprop.errors import ConfigError, UserError, count
 from backprop.io import check_checkpoint_path, checkpoint_metadata, load_checkpoint, save_checkpoint
+from backprop.nn import evaluating
 from backprop.progress import EpochReport, resolve_verbose
 from backprop.step import TrainStep
 from backprop.tensor import Tensor, no_grad
@@ -329,24 +329,10 @@ def _check_labels(model, datasets: dict) -> None:
             )
 
 
-@contextlib.contextmanager
-def _evaluating(model):
-    """`model` in eval mode inside the block; after it, every module back in its own mode (a
-    sub-module the user keeps in eval mode stays so)."""
-    modes = [(module, module.training) for _, module in model.named_modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, mode in modes:
-            if module.training != mode:
-                module.training = mode
-
-
 @no_grad()
 def _output_width(model, batches: Batches) -> int:
     """How many outputs the model gives a sample (one sample, in eval mode: no random numbers drawn)."""
-    with _evaluating(model):
+    with evaluating(model):
         return model(Tensor(batches.inputs[:1, ...])).shape[-1]
 
 
@@ -381,7 +367,7 @@ def evaluate(model, loss_fn, data, batch_size: int = 1000, metrics=("accuracy",)
 def _evaluate(model, loss_fn, batches: Batches, metrics, reduce_sums=None) -> dict:
     """evaluate's mean over `batches`; with `reduce_sums`, over the batches of every rank together."""
     tally = _Tally(batches.xp, metrics)
-    with _evaluating(model):
+    with evaluating(model):
         for inputs, targets in batches:
             out = model(Tensor(inputs))
             tally.add(loss_fn(out, targets).data, out.data, targets)
@@ -414,7 +400,7 @@ def predict(model, inputs, batch_size: int = 1000):
     first = next(iter(model.parameters()), None)
     if first is not None and host.dtype.kind in "biuf":
         host = host.astype(dtype_name(first.dtype), copy=False)
-    with _evaluating(model):
+    with evaluating(model):
         if len(host) == 0:
             _positive_int("batch_size", batch_size)
             outs = [model(Tensor(get_backend().asarray(host))).data]
