@@ -64,12 +64,6 @@ def _check_width(model, width: int, what: str, path) -> None:
         raise ConfigError(f"{what} has {count(width, 'input')} per sample; the model in {path} takes {expected}")
 
 
-def _outputs(model, width: int) -> int:
-    """How many outputs the model gives a sample of `width` inputs."""
-    dtype = bp.backend.dtype_name(model.parameters()[0].dtype)
-    return bp.to_numpy(bp.predict(model, np.zeros((1, width), dtype))).shape[-1]
-
-
 def evaluate(args: argparse.Namespace) -> int:
     from backprop.cli import _targets, load_dataset
 
@@ -81,7 +75,7 @@ def evaluate(args: argparse.Namespace) -> int:
     x, y = test if args.split == "test" else (x, y)
     _check_width(model, x.shape[1], f"{args.dataset} ({args.split})", args.model)
     dtype = bp.backend.dtype_name(model.parameters()[0].dtype)
-    outputs, classes = _outputs(model, x.shape[1]), int(y.max()) + 1
+    outputs, classes = bp.predict(model, x[:1]).shape[-1], int(y.max()) + 1
     if outputs != classes and not (outputs == 1 and classes == 2):
         raise ConfigError(f"{args.dataset} has {classes} classes; the model in {args.model} gives "
                           f"{count(outputs, 'output')}")  # fmt: skip
@@ -106,8 +100,9 @@ def _read_inputs(path) -> np.ndarray:
     rows = rows[None, :] if rows.ndim == 1 else rows
     if rows.ndim != 2 or rows.dtype.kind not in "biuf" or rows.size == 0:
         raise ConfigError(f"{path}: needs one row of numbers per sample, got {rows.dtype} of shape {rows.shape}")
-    if not np.isfinite(rows).all():
-        raise ConfigError(f"{path}: holds inf or NaN (row {int(np.argmin(np.isfinite(rows).all(axis=1)))})")
+    finite = np.isfinite(rows).all(axis=1)
+    if not finite.all():
+        raise ConfigError(f"{path}: holds inf or NaN (row {int(np.argmin(finite))})")
     return rows
 
 

@@ -271,7 +271,7 @@ def _model_meta(path) -> tuple[dict, dict]:
                 f"{path}: holds weights but no architecture (written by save_weights?): build the model "
                 "in code and use load_weights"
             )
-        if shape != () or dtype.kind != "U" or dtype.itemsize > MAX_METADATA_BYTES:
+        if not _is_text((shape, dtype)):
             raise FileFormatError(f"{path}: its architecture of {str(dtype):.60} {shape} is not one bounded string")
 
     from backprop.losses import LOSSES
@@ -298,7 +298,7 @@ def _check_weights(path, model, headers: dict) -> None:
     """Refuse weights whose {name: (shape, dtype)} do not fit `model` (a shared parameter may come
     under any of its names); a model file's architecture entry is not a weight."""
     model_text = headers.get(MODEL_KEY)
-    if model_text is not None and (model_text[0] != () or model_text[1].kind != "U"):
+    if model_text is not None and not _is_text(model_text):
         raise FileFormatError(f"{path}: array {MODEL_KEY!r} of {str(model_text[1]):.60} {model_text[0]} is no model")
     headers = {name: header for name, header in headers.items() if name != MODEL_KEY}
     params = dict(model._parameter_paths())
@@ -387,7 +387,7 @@ def checkpoint_metadata(path) -> dict:
         shape, dtype = headers.get("meta", ((), None))
         if dtype is None:
             raise FileFormatError(f"{path}: not a backprop checkpoint (no metadata)")
-        if shape != () or dtype.kind != "U" or dtype.itemsize > MAX_METADATA_BYTES:
+        if not _is_text((shape, dtype)):
             raise FileFormatError(f"{path}: metadata of {str(dtype):.60} {shape} is not one string of at most 64 MiB")
 
     return _metadata(path, _load_arrays(path, check, only=("meta",))["meta"])
@@ -437,6 +437,12 @@ def load_checkpoint(path, model, optimizer, callbacks=()) -> dict:
 MAX_METADATA_BYTES = 64 << 20  # a checkpoint's JSON: about 300,000 epochs of history
 
 
+def _is_text(header: tuple) -> bool:
+    """Whether a (shape, dtype) header is one string of at most MAX_METADATA_BYTES: a file's JSON."""
+    shape, dtype = header
+    return shape == () and dtype.kind == "U" and dtype.itemsize <= MAX_METADATA_BYTES
+
+
 def _check_checkpoint_headers(path, model, optimizer, headers: dict) -> None:
     """Refuse, from the headers alone (before any array is read), a checkpoint whose arrays cannot
     fit: the model's weights as in `load_weights`, floating optimizer state of its parameter's
@@ -451,7 +457,7 @@ def _check_checkpoint_headers(path, model, optimizer, headers: dict) -> None:
             _check_state_header(path, optimizer, rest, shape, dtype)
         elif group == "model" or (group == "callbacks" and dtype.kind in "biuf" and math.prod(shape) <= model_size):
             continue  # the model's arrays were checked above; a callback keeps at most a copy of the model
-        elif not (name == "meta" and shape == () and dtype.kind == "U" and dtype.itemsize <= MAX_METADATA_BYTES):
+        elif not (name == "meta" and _is_text((shape, dtype))):
             raise FileFormatError(f"{path}: array {name!r} of {str(dtype):.60} {shape} has no place in a checkpoint")
 
 

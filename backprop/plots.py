@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backprop.backend import dtype_name, get_backend, to_numpy
+from backprop.backend import to_numpy
 from backprop.errors import ConfigError, MissingDependency
 from backprop.files import atomic_write
 
@@ -160,8 +160,7 @@ def decision_boundary_figure(model, points, labels, resolution: int = 200, title
     points, labels = np.asarray(points), np.asarray(labels)
     low, high = points.min(axis=0) - 0.1, points.max(axis=0) + 0.1
     gx, gy = np.meshgrid(np.linspace(low[0], high[0], resolution), np.linspace(low[1], high[1], resolution))
-    grid = np.stack([gx.ravel(), gy.ravel()], axis=1).astype(dtype_name(model.parameters()[0].dtype))
-    out = to_numpy(predict(model, get_backend().asarray(grid)))
+    out = to_numpy(predict(model, np.stack([gx.ravel(), gy.ravel()], axis=1)))  # cast to the model's dtype
     if out.shape[1] == 1:  # as accuracy counts it: class 1 above 1/2
         score, centre, name = out[:, 0], 0.5, "model output (class 1 above 0.5)"
     else:

@@ -46,8 +46,11 @@ def test_verbose_1_without_tqdm_prints_lines_and_hints_at_the_extra_once(capsys,
     assert captured.err.count("pip install 'backprop[progress]'") == 1
 
 
-def test_verbose_auto_gives_lines_where_there_is_no_terminal(capsys):
-    assert progress.resolve_verbose("auto") == 2  # pytest captures stderr: not a terminal
+def test_verbose_auto_gives_a_bar_on_a_terminal_and_lines_elsewhere(capsys, monkeypatch):
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: True)
+    assert progress.resolve_verbose("auto") == 1
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False)
+    assert progress.resolve_verbose("auto") == 2
     _fit()
     assert len(capsys.readouterr().out.splitlines()) == 2
 
