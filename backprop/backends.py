@@ -194,10 +194,37 @@ class BackendEntry:
         """Record `function(*inputs)` as a device graph without running it: (launch, outputs, keep)."""
         raise NotImplementedError(f"backend {self.name!r} has no device graphs (its capture is {self.capture!r})")
 
+    def fast_path(self):
+        """What a traced replay may use beyond the standard here (a `backprop.optimize.FastPath`:
+        `out=`, the library's own reductions), or None: the generic passes only."""
+        return None
+
 
 class NumPyBackend(BackendEntry):
     name, module, distributions = "numpy", "numpy", ("numpy",)
     test_threads = (None, 1)  # NumPy's BLAS is under test: at all threads and at one
+
+    def fast_path(self):
+        import operator
+
+        import numpy as np
+
+        from backprop.optimize import FastPath
+
+        operators = {operator.add: np.add, operator.sub: np.subtract, operator.mul: np.multiply,
+                     operator.truediv: np.divide}  # fmt: skip
+        namespace = self.namespace()  # its sum and max are thin wrappers of these
+        reductions = {namespace.sum: np.add.reduce, namespace.max: np.maximum.reduce}
+
+        def with_out(function):  # element-wise ufuncs (not matmul, and not power: `v ** 2` squares)
+            if isinstance(function, np.ufunc):
+                simple = function.nout == 1 and function.signature is None and function is not np.power
+                return function if simple else None
+            return operators.get(function)
+
+        floating = lambda dtype: np.dtype(dtype).kind == "f"
+        scalar = lambda value, dtype: np.asarray(value, dtype=dtype)
+        return FastPath(np.ndarray, floating, with_out, lambda f: reductions.get(f), scalar)
 
     def load(self):
         """NumPy as an array namespace, with `sum` and `max` calling its C reductions directly.

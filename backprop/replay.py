@@ -7,7 +7,8 @@ verify and replay.
 from __future__ import annotations
 
 from backprop.backend import copy_array, namespace_of
-from backprop.trace import trace
+from backprop.optimize import optimize
+from backprop.trace import Program, trace
 
 
 class NumberTable:
@@ -46,18 +47,23 @@ class NumberTable:
 
 
 class TracedReplay:
-    """The step as a traced program (backprop.trace): replays skip the engine's Python. On JAX the
-    program is a pure function, and XLA compiles it whole (mode "jit")."""
+    """The step as a traced program (backprop.trace), optimized (backprop.optimize): replays skip
+    the engine's Python. On JAX the program is a pure function, and XLA compiles it whole (mode
+    "jit"). `source` is the Program (print it to read the step); `program` what a replay calls."""
 
     recording_mode = "traced"  # the call that records runs the step through the tracer
 
-    def __init__(self, function, program, layout, numbers: NumberTable, mode: str):
-        self.function, self.program, self.layout, self.numbers = function, program, layout, numbers
+    def __init__(self, function, source: Program, layout, numbers: NumberTable, mode: str, compile=lambda p: p):
+        self.function, self.source, self.layout, self.numbers = function, source, layout, numbers
+        self.program = compile(source)
         self.mode, self.verified = mode, False
+        self._returned: list = []  # the optimizer state the last replay returned (its own arrays)
 
     @classmethod
-    def record(cls, function, x, y, entry):
-        """Trace this call's step (it happens, for real, on the way); the replay and (loss, outputs)."""
+    def record(cls, function, x, y, entry, optimized: bool = True):
+        """Trace this call's step (it happens, for real, on the way); the replay and (loss, outputs).
+        `optimized`: run backprop.optimize's passes on the record (the optimizer's state arrays,
+        which the step replaces, may then be updated in place)."""
         numbers_now = function.optimizer.start_step()
         numbers = NumberTable(numbers_now, function.params, function.xp)
         layout = function.layout(len(numbers))
@@ -66,8 +72,11 @@ class TracedReplay:
         loss, out = function.take_outputs(layout, results)  # the traced call was a real step: keep it
         for p in function.params:  # real arrays again, not stand-ins
             p.xp = namespace_of(p.data)
+        if optimized:
+            state = range(layout.params, layout.state)  # the optimizer's: each step returns new ones
+            program = Program(optimize(program.trace, entry.fast_path(), donated=state))
         mode = "jit" if entry.capture == "jit" else "traced"
-        return cls(function, entry.compile(program), layout, numbers, mode), (loss, out)
+        return cls(function, program, layout, numbers, mode, entry.compile), (loss, out)
 
     def __call__(self, x, y, state: list | None = None):
         function = self.function
@@ -75,8 +84,15 @@ class TracedReplay:
         for p in function.params:  # the old gradients go before the new ones are made, as in an eager step
             p.grad = None
         state = function.state() if state is None else state
-        outputs = self.program(*self.layout.inputs(state, self.numbers.arrays(numbers), x, y))
-        return function.take_outputs(self.layout, outputs)
+        layout = self.layout
+        owned = state[layout.params : layout.state]
+        if len(owned) != len(self._returned) or any(a is not b for a, b in zip(owned, self._returned, strict=True)):
+            # optimizer state from elsewhere (a load, an eager step): the program may update it in
+            # place, so it gets copies, never arrays a caller may still hold
+            state = [*state[: layout.params], *map(copy_array, owned)]
+        outputs = self.program(*layout.inputs(state, self.numbers.arrays(numbers), x, y))
+        self._returned = outputs[layout.params : layout.state]
+        return function.take_outputs(layout, outputs)
 
 
 class GraphReplay:

@@ -266,13 +266,16 @@ class TrainStep:
     """`step(inputs, targets) -> (loss, outputs)`: one training step, as backend arrays.
 
     `gradient_hooks` run between backward and the update (see the module's docstring). `mode` says
-    how the last call ran: "eager", "traced", "jit" (JAX) or "cuda-graph" (CuPy).
+    how the last call ran: "eager", "traced", "jit" (JAX) or "cuda-graph" (CuPy). `optimize=False`
+    replays the step as recorded, without backprop.optimize's passes; `program` is the program the
+    last call replayed (print it to read the step), or None.
     """
 
-    def __init__(self, model, loss, optimizer, capture: bool = True, gradient_hooks=()):
+    def __init__(self, model, loss, optimizer, capture: bool = True, gradient_hooks=(), optimize: bool = True):
         self.function = StepFunction(model, loss, optimizer, gradient_hooks)
-        self.capture = capture
+        self.capture, self.optimize = capture, optimize
         self.mode = "eager"
+        self._last = None  # the capture the last call replayed
         self._warmed: set = set()
         self._captures: dict = {}
         self._changes = -1  # backprop.changes.count then
@@ -282,6 +285,7 @@ class TrainStep:
         self._replans = 0  # plans made anew since the last replay
 
     params = property(lambda self: self.function.params)
+    program = property(lambda self: getattr(self._last, "source", None) if self.mode != "eager" else None)
     model = property(lambda self: self.function.model, lambda self, value: self._replan(model=value))
     loss = property(lambda self: self.function.loss, lambda self, value: self._replan(loss=value))
     optimizer = property(lambda self: self.function.optimizer, lambda self, value: self._replan(optimizer=value))
@@ -315,7 +319,7 @@ class TrainStep:
             except BaseException:  # nothing was written back: the step did not happen, so it is not counted
                 function.optimizer.steps = steps
                 raise
-            self.mode, self._state, self._replans = replay.mode, function.installed, 0
+            self.mode, self._state, self._replans, self._last = replay.mode, function.installed, 0, replay
             return loss, out
         if replay is not None:
             loss, out = self._verify(replay, x, y)
@@ -359,14 +363,14 @@ class TrainStep:
         try:
             replay, results = self._record_graph(x, y, snapshot) if entry.capture == "cuda-graph" else (None, None)
             if replay is None:
-                replay, results = TracedReplay.record(function, x, y, entry)
+                replay, results = TracedReplay.record(function, x, y, entry, self.optimize)
         except Exception as error:  # whatever stopped it, the step must still happen, once
             function.restore(snapshot)
             results = self._eager(x, y)  # if the step itself fails, that error is the one to see
             self._give_up(f"the step could not be captured: {error}")
             return results
         self._captures[key] = replay
-        self.mode = replay.recording_mode
+        self.mode, self._last = replay.recording_mode, replay
         return results
 
     def _record_graph(self, x, y, snapshot):

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from array_api_compat import device, is_array_api_obj
 
-from backprop.backend import namespace_of
+from backprop.backend import namespace_of, to_numpy
 from backprop.backends import backend_of
 from backprop.errors import a
 
@@ -97,12 +97,34 @@ class Call:
     unpack: bool = False
 
 
+@dataclass(frozen=True)
+class Spec:
+    """What a trace knows of a value besides its Var: shape, dtype and type (an array class, or a
+    NumPy scalar's)."""
+
+    shape: tuple
+    dtype: Any
+    kind: type
+
+
+def spec_of(value) -> Spec:
+    return Spec(tuple(value.shape), value.dtype, type(value))
+
+
 class Trace:
     """What one call of a function did to arrays: its inputs, its calls in order, what it returned
-    (Vars, constants, or None)."""
+    (Vars, constants, or None).
 
-    def __init__(self, inputs: list, calls: list, outputs: list):
+    What the recording saw, for `backprop.optimize`: `specs` {Var: Spec} of every value;
+    `constants` {Var: value} of the values computed from constants alone; `identities` {Var: Var}
+    where a call gave back the very array it was given.
+    """
+
+    def __init__(self, inputs: list, calls: list, outputs: list, specs=None, constants=None, identities=None):
         self.inputs, self.calls, self.outputs = inputs, calls, outputs
+        self.specs: dict = {} if specs is None else specs
+        self.constants: dict = {} if constants is None else constants
+        self.identities: dict = {} if identities is None else identities
 
     def deaths(self) -> list[list]:
         """For each call, the intermediates no later call uses and the trace does not return:
@@ -209,6 +231,9 @@ class Program:
     def __repr__(self) -> str:
         return f"Program({len(self.trace.calls)} array calls)"
 
+    def __str__(self) -> str:
+        return self.source
+
     def _generate(self) -> str:
         trace = self.trace
         lines = []
@@ -217,7 +242,21 @@ class Program:
             lines.append(f"    {self._statement(call)}{freed}\n")
         returned = ", ".join(self._render(out) for out in trace.outputs)
         arguments = ", ".join(var.name for var in trace.inputs)
-        return f"def program({arguments}):\n{''.join(lines)}    return ({returned}{',' if trace.outputs else ''})"
+        constants = "".join(f"    # {line}\n" for line in self._constants())
+        body = "".join(lines)
+        return f"def program({arguments}):\n{constants}{body}    return ({returned}{',' if trace.outputs else ''})"
+
+    def _constants(self) -> list[str]:
+        """A line for each array the program holds as a constant: its value if it is a number,
+        else its dtype and shape."""
+        lines = []
+        for name, value in self._globals.items():
+            if name.startswith("c") and _is_array(value):
+                shape = tuple(value.shape)
+                number = f"{to_numpy(value)!s} ({value.dtype})"
+                described = number if not shape else f"{value.dtype} array of shape {shape}"
+                lines.append(f"{name} = {described}")
+        return lines
 
     def _statement(self, call: Call) -> str:
         args = [self._render(a) for a in call.args]
@@ -225,6 +264,8 @@ class Program:
             return f"{args[0]} {_IN_PLACE[call.function]}= {_paren(args[1])}"
         if call.function is operator.setitem:
             return f"{args[0]}[{args[1]}] = {args[2]}"
+        if call.outputs and call.outputs == (call.kwargs.get("out"),):  # writes its result into `out`
+            return self._expression(call, args)
         targets = ", ".join(var.name for var in call.outputs) + ("," if call.unpack else "")
         return f"{targets} = {self._expression(call, args)}"
 
@@ -278,6 +319,9 @@ class _Recorder:
         self.xp = xp
         self.namespace = _Namespace(self)
         self.calls: list[Call] = []
+        self.specs: dict = {}
+        self.constants: dict = {}  # values computed from constants alone
+        self.identities: dict = {}  # outputs that are the very array a call was given
         self._count = 0
 
     def record(self, function, args: tuple, kwargs: dict, value, name: str = ""):
@@ -285,15 +329,31 @@ class _Recorder:
         stand-in(s) for `value`."""
         arguments, keywords = self.argument(args), {k: self.argument(v) for k, v in kwargs.items()}
         if isinstance(value, (tuple, list)) and value and all(_is_array(v) for v in value):
-            outs = type(value)(Traced(v, self._new_var(), self) for v in value)
+            outs = type(value)(self._traced(v) for v in value)
             self.calls.append(Call(function, arguments, keywords, tuple(o.var for o in outs), name, unpack=True))
+            self._note(arguments, keywords, outs, [])
             return outs
         if not _is_array(value):
             what = name or getattr(function, "__name__", function)
             raise TraceError(f"{what} gave {a(type(value).__name__)}, not an array")
-        out = Traced(value, self._new_var(), self)
+        out = self._traced(value)
         self.calls.append(Call(function, arguments, keywords, (out.var,), name))
+        self._note(arguments, keywords, [out], args)
         return out
+
+    def _traced(self, value) -> Traced:
+        traced = Traced(value, self._new_var(), self)
+        self.specs[traced.var] = spec_of(value)
+        return traced
+
+    def _note(self, arguments, keywords, outs, args) -> None:
+        """Keep the values computed from constants alone, and note an output that is the very
+        array the call was given."""
+        if all(var in self.constants for var in _vars_in((arguments, keywords))):
+            self.constants.update((out.var, out.value) for out in outs)
+        for arg in args:
+            if isinstance(arg, Traced) and arg.value is outs[0].value:
+                self.identities[outs[0].var] = arg.var
 
     def argument(self, value):
         """`value` as the record holds it: a stand-in's Var, or a constant (arrays cannot be)."""
@@ -360,6 +420,7 @@ class Traced:
         arguments = self.recorder.argument((self, key, value))
         self.value[_unwrap(key)] = _unwrap(value)  # immutable arrays refuse, as they would outside a trace
         self.recorder.calls.append(Call(operator.setitem, arguments, {}, ()))
+        self.recorder.constants.pop(self.var, None)
 
     def _read(self, *_):
         raise TraceError(
@@ -395,6 +456,8 @@ def _in_place(op):
         arguments = self.recorder.argument((self, other))
         self.value = op(self.value, _unwrap(other))  # in place where the backend's arrays are mutable
         self.recorder.calls.append(Call(op, arguments, {}, (self.var,)))
+        self.recorder.specs[self.var] = spec_of(self.value)
+        self.recorder.constants.pop(self.var, None)
         return self
 
     return method
@@ -494,6 +557,9 @@ def trace(function, arrays) -> tuple[Program, list]:
         raise ValueError("trace needs at least one input array")
     recorder = _Recorder(namespace_of(arrays[0]))
     inputs = [Traced(a, Var(f"a{i}"), recorder) for i, a in enumerate(arrays)]
+    recorder.specs.update((t.var, spec_of(t.value)) for t in inputs)
     outputs = list(function(*inputs))
-    record = Trace([t.var for t in inputs], recorder.calls, [recorder.argument(out) for out in outputs])
+    returned = [recorder.argument(out) for out in outputs]
+    notes = recorder.specs, recorder.constants, recorder.identities
+    record = Trace([t.var for t in inputs], recorder.calls, returned, *notes)
     return Program(record), [_unwrap(out) for out in outputs]

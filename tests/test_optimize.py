@@ -1,0 +1,236 @@
+"""The replay optimizer (backprop.optimize): each pass computes bit for bit what the recorded
+program computes, on every backend, and the passes do what they say (read in the source)."""
+
+import numpy as np
+import pytest
+from cases import CASES
+
+import backprop as bp
+from backprop import optimize as opt
+from backprop.backends import BACKENDS
+from backprop.trace import Program, trace
+
+GENERIC = [opt.fold_constants, opt.drop_identities, opt.eliminate_common, opt.eliminate_dead]
+FAST = [opt.lower_reductions, opt.scalars_as_arrays, opt.reuse_buffers]
+
+
+def _arrays(host):
+    be = bp.get_backend()
+    return [be.asarray(a) for a in host]
+
+
+def _passes(backend):
+    """(name, trace -> trace) for each pass alone and for all of them, as this backend gets them."""
+    fast = BACKENDS[backend].fast_path()
+    singles = [(p.__name__, p) for p in GENERIC]
+    if fast is not None:
+        singles += [(p.__name__, lambda t, p=p: p(t, fast)) for p in FAST]
+    return [*singles, ("all", lambda t: opt.optimize(t, fast))]
+
+
+def _same(got, want):
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(bp.to_numpy(g), bp.to_numpy(w), strict=True)
+
+
+def _close(got, want):  # float64
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(bp.to_numpy(g), bp.to_numpy(w), rtol=1e-12, atol=1e-14, strict=True)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_op_and_its_gradient_optimized_gives_the_recorded_programs_bits(backend, name):
+    case = CASES[name]
+
+    def f(*arrays):
+        *inputs, upstream = arrays
+        tensors = [bp.Tensor(a, requires_grad=True) for a in inputs]
+        out = case.fn(bp, *tensors)
+        return [out.data, *bp.grad(out, tensors, grad_output=upstream)]
+
+    rng = np.random.default_rng(5)
+    shape = tuple(case.fn(bp, *(bp.tensor(a, dtype="float64") for a in case.host_inputs(0))).shape)
+    program, _ = trace(f, _arrays([*case.host_inputs(0), rng.standard_normal(shape)]))
+    host = [*case.host_inputs(1), rng.standard_normal(shape)]
+    want = program(*_arrays(host))
+    for _, optimized in _passes(backend):
+        inputs = _arrays(host)
+        _same(Program(optimized(program.trace))(*inputs), want)
+        _same(inputs, _arrays(host))  # no input was written into
+
+
+def _train(backend, activation, loss, optimizer, hooks=(), **step_options):
+    """Parameters, gradients and losses of 6 steps of a small model (float64) on `backend`."""
+    bp.manual_seed(4)
+    rng = np.random.default_rng(0)
+    model = bp.nn.mlp([7, 6, 5], activation, "sigmoid" if loss == "quadratic" else None, dtype="float64")
+    optim = optimizer(model.parameters())
+    step = bp.TrainStep(model, bp.losses.LOSSES[loss], optim, gradient_hooks=hooks, **step_options)
+    losses = []
+    for _ in range(6):
+        x = bp.tensor(rng.standard_normal((8, 7)))
+        labels = rng.integers(0, 5, 8)
+        y = bp.tensor(np.eye(5)[labels]) if loss == "quadratic" else bp.tensor(labels)
+        losses.append(bp.to_numpy(step(x, y)[0]))
+    return [p.numpy() for p in model.parameters()], [bp.to_numpy(p.grad) for p in model.parameters()], losses, step
+
+
+STEPS = {
+    "sigmoid-quadratic-sgd": ("sigmoid", "quadratic", lambda ps: bp.optim.SGD(ps, lr=0.5), ()),
+    "relu-cross_entropy-adam": ("relu", "cross_entropy", lambda ps: bp.optim.Adam(ps, lr=0.01, weight_decay=0.1), ()),
+    "tanh-momentum-clipped": (
+        "tanh",
+        "cross_entropy",
+        lambda ps: bp.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
+        (bp.optim.ClipGradNorm(0.5),),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STEPS))
+def test_an_optimized_training_step_gives_the_unoptimized_replays_bits_and_the_eager_steps(backend, name):
+    activation, loss, optimizer, hooks = STEPS[name]
+    optimized = _train(backend, activation, loss, optimizer, hooks)
+    assert optimized[3].mode in ("traced", "jit") and optimized[3].program is not None
+    recorded = _train(backend, activation, loss, optimizer, hooks, optimize=False)
+    eager = _train(backend, activation, loss, optimizer, hooks, capture=False)
+    compare = _close if BACKENDS[backend].capture == "jit" else _same  # XLA fuses each program its own way
+    for got, want in zip(optimized[:3], recorded[:3], strict=True):
+        compare(got, want)
+    for got, want in zip(optimized[:3], eager[:3], strict=True):
+        _close(got, want)
+
+
+def test_the_program_of_a_step_reads_as_the_step():
+    *_, step = _train("numpy", "sigmoid", "quadratic", lambda ps: bp.optim.SGD(ps, lr=0.5))
+    source = str(step.program)
+    assert source.startswith("def program(") and source == step.program.source
+    assert "tanh(v" in source and "out=v" in source and "add_reduce(" in source  # the NumPy fast path
+    assert "xp_asarray" not in source  # folded or dropped
+    assert "# c0 = " in source  # constants are listed
+    eager = bp.TrainStep(step.model, step.loss, step.optimizer, capture=False)
+    eager(np.zeros((8, 7)), np.zeros((8, 5)))
+    assert eager.program is None
+
+
+def test_optimizer_state_is_updated_in_place_but_never_an_array_the_caller_gave():
+    bp.manual_seed(0)
+    model = bp.nn.mlp([4, 3], None, dtype="float64")
+    adam = bp.optim.Adam(model.parameters(), lr=0.1)
+    step = bp.TrainStep(model, bp.losses.quadratic_loss, adam)
+    x, y = np.ones((2, 4)), np.zeros((2, 3))
+    for _ in range(3):  # warm-up, record, check
+        step(x, y)
+    given = adam.state_arrays()
+    kept = [a.copy() for a in given]
+    step(x, y)  # the first replay: copies the state it was given, then owns it
+    mine = adam.state_arrays()
+    assert all(a is not b for a, b in zip(mine, given, strict=True))
+    _same(given, kept)
+    step(x, y)
+    assert all(a is b for a, b in zip(adam.state_arrays(), mine, strict=True))  # in place from now on
+    assert "a4 *= " in str(step.program) or "a4 += " in str(step.program), step.program
+
+
+# --- each pass, read in the source (NumPy) ---
+
+
+def _optimized(f, host, *passes, fast=True, donated=()):
+    program, _ = trace(f, [np.array(h) for h in host])
+    record = program.trace
+    path = BACKENDS["numpy"].fast_path()
+    for p in passes:
+        record = p(record, path, donated) if p is opt.reuse_buffers else p(record, path) if p in FAST else p(record)
+    optimized = Program(record)
+    inputs = [np.array(h) for h in host]
+    _same(optimized(*inputs), program(*[np.array(h) for h in host]))
+    _same(inputs, host) if not donated else None
+    return optimized.source.splitlines()[1:]
+
+
+def test_fold_constants_computes_constant_chains_once_but_not_what_is_returned_or_written():
+    def f(a):
+        xp = a.__array_namespace__()
+        scale = xp.asarray(1.0, dtype=a.dtype) / 4  # folded
+        returned = xp.zeros(2)  # returned: each call must get an array of its own
+        written = xp.zeros(3)
+        written[0] = a[0]  # written into: must be made anew each call
+        return [a * scale, returned, written]
+
+    lines = _optimized(f, [np.arange(3.0)], opt.fold_constants)
+    assert lines[0] == "    # c0 = 0.25 (float64)", lines
+    assert not any("xp_asarray" in line for line in lines) and sum("xp_zeros" in line for line in lines) == 2
+
+
+def test_drop_identities_and_eliminate_dead():
+    def f(a):
+        xp = a.__array_namespace__()
+        same = xp.asarray(a)  # the very array: dropped
+        xp.exp(a)  # unused: dropped
+        return [xp.tanh(same)]
+
+    assert _optimized(f, [np.arange(3.0)], opt.drop_identities, opt.eliminate_dead) == [
+        "    v2 = xp_tanh(a0)",
+        "    return (v2,)",
+    ]
+
+
+def test_eliminate_common_merges_repeats_but_not_across_a_write():
+    def f(a, b):
+        xp = a.__array_namespace__()
+        t = xp.tanh(a) + xp.tanh(a)  # one tanh
+        c = b * 2.0
+        before = c * 3.0
+        c -= 1.0  # c changes: the same expression after it is another value
+        after = c * 3.0
+        return [t, before, after]
+
+    lines = _optimized(f, [np.arange(3.0), np.ones(3)], opt.eliminate_common)
+    assert sum("xp_tanh" in line for line in lines) == 1
+    assert sum("* 3.0" in line for line in lines) == 2
+
+
+def test_lower_reductions_keeps_the_standards_meaning_of_no_axis():
+    def f(a):
+        xp = a.__array_namespace__()
+        return [xp.sum(a), xp.sum(a, axis=0), xp.max(a, axis=-1, keepdims=True)]
+
+    lines = _optimized(f, [np.arange(6.0).reshape(2, 3)], opt.lower_reductions)
+    assert lines[:3] == [
+        "    v0 = add_reduce(a0, axis=None)",
+        "    v1 = add_reduce(a0, axis=0)",
+        "    v2 = maximum_reduce(a0, axis=-1, keepdims=True)",
+    ]
+
+
+def test_scalars_as_arrays_keeps_the_dtype_and_leaves_integers_alone():
+    def f(a, n):
+        return [a * 0.1 + 1, n * 3]
+
+    lines = _optimized(f, [np.linspace(0, 1, 5, dtype=np.float32), np.arange(5)], opt.scalars_as_arrays)
+    assert "    # c0 = 0.1 (float32)" in lines and "    # c1 = 1.0 (float32)" in lines
+    assert "    v2 = a1 * 3" in lines
+
+
+def test_reuse_buffers_writes_only_into_temporaries_that_die():
+    def f(a, b):
+        xp = a.__array_namespace__()
+        h = a * 2.0  # a temporary
+        view = h.T  # a view of it, used after h's last element-wise use
+        g = 1.0 - h  # h is still seen through `view`: not written into
+        g = xp.tanh(g)  # g dies here: tanh(g, out=g)
+        k = 1.0 - g  # reflected: subtract(1.0, g, out=g)
+        wide = k + b  # k broadcasts to b's shape: a new array
+        return [view @ wide, a, k * 0]  # `a` is returned: never written into
+
+    lines = _optimized(f, [np.ones((3, 3)), np.ones((2, 3, 3))], opt.reuse_buffers)
+    assert "    v2 = 1.0 - v0; del v0" in lines and "    tanh(v2, out=v2)" in lines
+    assert "    subtract(1.0, v2, out=v2)" in lines and any(" = v2 + a1" in line for line in lines), lines
+
+
+def test_reuse_buffers_updates_donated_state_in_place():
+    def f(m, g):
+        return [m * 0.9 + 0.1 * g]
+
+    lines = _optimized(f, [np.ones(3), np.arange(3.0)], opt.reuse_buffers, donated=[0])
+    assert lines[:3] == ["    a0 *= 0.9", "    v1 = 0.1 * a1", "    a0 += v1; del v1"], lines
