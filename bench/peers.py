@@ -3,7 +3,9 @@
 - loop: the textbook per-sample implementation (Nielsen's network.py shape: outer products);
 - numpy: the hand-vectorized NumPy step, the floor for array code;
 - gemm: only the matrix products of that step, the physical bound where BLAS dominates;
-- torch: PyTorch eager, the way its tutorials train (on the CPU or a CUDA device).
+- torch: PyTorch eager, the way its tutorials train (on the CPU or a CUDA device);
+- torch.compile: the same PyTorch step with its forward and loss compiled (Inductor);
+- jax: a hand-written JAX step, a pure function of (params, x, y) compiled by `jax.jit`.
 Weights are (in, out) and rows are samples throughout, as in backprop. The array peers take the
 module they run on, `xp`: NumPy itself, or CuPy for the same code on a GPU.
 """
@@ -93,11 +95,11 @@ def gemm_only_step(params, x, _y, _lr, _xp=np):
             delta = delta @ weights[i].T
 
 
-# --- PyTorch eager ---
+# --- PyTorch: eager and torch.compile ---
 
 
-def torch_step_factory(sizes, activation: str, loss: str, dtype, lr, params, device="cpu"):
-    """A PyTorch eager training step with the same initial weights, on `device`."""
+def _torch_training(sizes, activation: str, loss: str, dtype, lr, params, device):
+    """A PyTorch MLP with the given initial weights, its SGD optimizer, and `loss_of(x, y)`."""
     import torch
 
     layers = []
@@ -112,17 +114,95 @@ def torch_step_factory(sizes, activation: str, loss: str, dtype, lr, params, dev
         elif i < len(sizes) - 2:
             layers.append(torch.nn.ReLU())
     model = torch.nn.Sequential(*layers)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     cross_entropy = torch.nn.CrossEntropyLoss()
+
+    def loss_of(x, y):
+        out = model(x)
+        return ((out - y) ** 2).sum() / (2 * len(x)) if loss == "quadratic" else cross_entropy(out, y)
+
+    return model, torch.optim.SGD(model.parameters(), lr=lr), loss_of
+
+
+def _torch_step(model, optimizer, loss_of):
+    """The tutorials' loop body: zero the gradients, the loss, backward, the optimizer's step.
+    `step.model` is the model (its parameters, for checks)."""
 
     def step(x, y):
         optimizer.zero_grad()
-        out = model(x)
-        value = ((out - y) ** 2).sum() / (2 * len(x)) if loss == "quadratic" else cross_entropy(out, y)
-        value.backward()
+        loss_of(x, y).backward()
         optimizer.step()
 
+    step.model = model
     return step
+
+
+def torch_step_factory(sizes, activation: str, loss: str, dtype, lr, params, device="cpu"):
+    """A PyTorch eager training step with the same initial weights, on `device`."""
+    return _torch_step(*_torch_training(sizes, activation, loss, dtype, lr, params, device))
+
+
+def torch_compile_step_factory(sizes, activation: str, loss: str, dtype, lr, params, device="cpu"):
+    """The same step with the forward and the loss compiled by `torch.compile` (default mode,
+    Inductor: C++ kernels on the CPU, Triton on a GPU); AOTAutograd compiles their backward.
+    The optimizer's step stays eager (SGD's foreach update), as in the usual `torch.compile(model)`
+    training loop. Compilation happens at the first call (and again for a new batch shape); an
+    error there (no C++ compiler, say) is raised by that call."""
+    import torch
+
+    model, optimizer, loss_of = _torch_training(sizes, activation, loss, dtype, lr, params, device)
+    return _torch_step(model, optimizer, torch.compile(loss_of))
+
+
+# --- JAX: a hand-written step under jax.jit ---
+
+
+class JaxStep:
+    """`step(x, y)` replaces `step.params` (JAX arrays) with the updated ones. JAX dispatches
+    asynchronously: a caller that times steps waits on `step.params` (jax.block_until_ready)."""
+
+    def __init__(self, update, params):
+        self.update, self.params = update, params
+
+    def __call__(self, x, y):
+        self.params = self.update(self.params, x, y)
+
+
+def jax_step_factory(sizes, activation: str, loss: str, dtype, lr, params) -> JaxStep:
+    """A JAX training step written as a JAX user would: the forward and the loss as pure
+    functions, the gradients by `jax.grad` (no hand-written backward), the SGD update returning
+    new params, all in one `jax.jit` that donates the old params' buffers to the new ones.
+
+    float64 needs JAX's 64-bit mode; like backprop's JAX backend (`JaxBackend.load`) this turns
+    `jax_enable_x64` on for the process, whatever `dtype` is: float32 params and data stay float32
+    under it (Python numbers such as `lr` are weakly typed and take the arrays' dtype).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    jax.config.update("jax_enable_x64", True)
+
+    def forward(params, x):
+        a = x
+        for i in range(0, len(params), 2):
+            z = a @ params[i] + params[i + 1]
+            last = i == len(params) - 2
+            a = jax.nn.sigmoid(z) if activation == "sigmoid" else z if last else jax.nn.relu(z)
+        return a
+
+    def cost(params, x, y):
+        out = forward(params, x)
+        if loss == "quadratic":
+            return jnp.sum((out - y) ** 2) / (2 * x.shape[0])
+        log_p = jax.nn.log_softmax(out)
+        return -jnp.mean(jnp.take_along_axis(log_p, y[:, None], axis=1))
+
+    def update(params, x, y):
+        grads = jax.grad(cost)(params, x, y)
+        return [p - lr * g for p, g in zip(params, grads, strict=True)]
+
+    if len(params) != 2 * (len(sizes) - 1):
+        raise ValueError(f"{len(params)} arrays for {len(sizes) - 1} layers: give each its weights and bias")
+    return JaxStep(jax.jit(update, donate_argnums=0), [jnp.array(p, dtype=dtype) for p in params])
 
 
 # --- AE: the sparse-autoencoder gradient (the UFLDL tutorial's setting), per sample and vectorized ---

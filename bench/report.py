@@ -23,7 +23,8 @@ def machine(gpu: str | None) -> dict:
     """CPU, cores, BLAS and library versions, and `gpu`: the GPU's description on a GPU run."""
     info = {"python": platform.python_version(), "platform": platform.platform(), "cores": os.cpu_count()}
     try:
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in lines if "model name" in line)
     except (OSError, StopIteration):
         info["cpu"] = platform.processor()
     info["blas"] = bp.blas.numpy_blas()
@@ -46,6 +47,8 @@ def format_run(run: dict) -> str:
         fell_back = "captured" in name and run["modes"].get(name) == "eager"
         ratio = f"{seconds / base:.2f}x" if base else ""
         lines.append(f"| {name}{' (ran eager)' if fell_back else ''} | {seconds:.4f} | {ratio} |")
+    for name, reason in run.get("left_out", {}).items():
+        lines.append(f"| {name}: left out ({reason.replace('|', '/')}) | | |")
     if run["targets"]:
         lines += ["", "| target | ratio | bound | met |", "|---|---:|---:|---|"]
         for t in run["targets"]:

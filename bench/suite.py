@@ -6,11 +6,12 @@ in. backprop runs twice per backend: its eager step, and the same step captured 
 (backprop.TrainStep: a traced program; a CUDA graph on CuPy).
 
 --device cpu   every installed backend against the per-sample loop, hand-vectorized NumPy, the
-               GEMM-only step and PyTorch eager, at 1 and all BLAS threads; and (scaling) the L
-               network's data-parallel throughput at 1 and 2 ranks under mpiexec (bench/scaling.py)
---device gpu   CuPy and PyTorch CUDA tensors against hand-vectorized CuPy, the GEMM-only step
-               and PyTorch CUDA eager, each run timed between device synchronizations; L also
-               at batch 1024
+               GEMM-only step, PyTorch eager and torch.compile, at 1 and all BLAS threads, and a
+               hand-written jax.jit step (all threads only); and (scaling) the L network's
+               data-parallel throughput at 1 and 2 ranks under mpiexec (bench/scaling.py)
+--device gpu   CuPy and PyTorch CUDA tensors against hand-vectorized CuPy, the GEMM-only step,
+               PyTorch CUDA eager and torch.compile, each run timed between device
+               synchronizations; L also at batch 1024
 
 Results: bench/results/<name>.{json,md,png}.
 """
@@ -37,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 LOOP = "loop (per-sample)"
+JAX_JIT = "jax.jit (hand-written)"
 
 
 @dataclass
@@ -65,6 +67,10 @@ class Device:
     @property
     def torch(self) -> str:
         return "torch CUDA eager" if self.torch_device == "cuda" else "torch eager"
+
+    @property
+    def torch_compile(self) -> str:
+        return "torch.compile CUDA" if self.torch_device == "cuda" else "torch.compile"
 
 
 def cpu_device() -> Device:
@@ -99,8 +105,9 @@ class Candidate:
     run: object  # a zero-argument callable doing the work once
     scale: float = 1.0  # measured time x scale = the time reported (for work done on a subset)
     isolated: bool = False  # timed in a round of its own (the per-sample loops, see `measure`)
-    sync: object = None  # called before and after each timed run (GPU candidates)
+    sync: object = None  # called before and after each timed run (GPU candidates, JAX)
     step: object = None  # the TrainStep, whose mode the results report
+    left_out: str | None = None  # why it cannot run here (then it is not timed; the results say why)
 
 
 @dataclass
@@ -132,17 +139,22 @@ def targets(config: str, dev: Device) -> list[Target]:
                 Target(f"backprop, captured, not slower than {dev.torch}", captured, dev.torch, 1.0, at_most=True),
             ],
         }.get(config, [])
+    jax_captured = dev.ours("jax", captured=True)  # checked where both ran: JAX backend, all threads
+    jax_text = f"{jax_captured} within 1.05x of the hand-written jax.jit step"
+    jax_target = Target(jax_text, jax_captured, JAX_JIT, 1.05, at_most=True)
     return {
         "S": [
             Target("backprop within 1.15x of the NumPy floor", eager, dev.floor, 1.15, at_most=True),
             Target("backprop, captured, within 1.15x of the NumPy floor", captured, dev.floor, 1.15, at_most=True),
             Target("backprop, captured, >= 4x faster than PyTorch eager", dev.torch, captured, 4.0, at_most=False),
             Target("backprop, captured, >= 5x faster than the per-sample loop", LOOP, captured, 5.0, at_most=False),
+            jax_target,
         ],
         "L": [
             Target("backprop within 1.10x of the GEMM-only time", eager, dev.gemm, 1.10, at_most=True),
             Target("backprop, captured, within 1.10x of the GEMM-only time", captured, dev.gemm, 1.10, True),
             Target("backprop not slower than PyTorch eager", dev.torch, eager, 1.0, at_most=False),
+            jax_target,
         ],
         "AE": [
             Target("backprop within 1.2x of the vectorized formula", eager, dev.floor, 1.2, at_most=True),
@@ -225,14 +237,72 @@ def _torch_peer(net: Net, params, batches, device: str, sync, scale=1.0) -> Cand
     return Candidate(run, scale, sync=sync)
 
 
+def _torch_compile_peer(net: Net, params, batches, device: str, sync, scale=1.0) -> Candidate:
+    """torch.compile's step, compiled here by one step on the first batch (the batches are all one
+    shape, so timed runs do not compile); left out, with the reason printed, where it fails."""
+    import torch
+
+    try:
+        torch._dynamo.reset()  # kernels compiled earlier are specialized to the thread count then in force
+        step = peers.torch_compile_step_factory(
+            list(net.sizes), net.activation, net.loss, net.dtype, net.lr, params, device
+        )
+        data = [(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)) for x, y in batches]
+        step(*data[0])
+    except Exception as error:  # no C++ compiler, no Triton, an Inductor error: a peer less, not a crash
+        reason = _one_line(error)
+        print(f"torch.compile left out: {reason}", flush=True)
+        return Candidate(None, left_out=reason)
+
+    def run():
+        for x, y in data:
+            step(x, y)
+
+    return Candidate(run, scale, sync=sync)
+
+
+def _one_line(error: Exception) -> str:
+    """The error's type and the first line of its message."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _jax_peer(net: Net, params, batches, scale=1.0) -> Candidate:
+    """The hand-written jax.jit step (bench/peers.py); a run ends when its new params exist."""
+    import jax.numpy as jnp
+
+    step = peers.jax_step_factory(list(net.sizes), net.activation, net.loss, net.dtype, net.lr, params)
+    data = [(jnp.asarray(x), jnp.asarray(y)) for x, y in batches]
+
+    def run():
+        for x, y in data:
+            step(x, y)
+
+    return Candidate(run, scale, sync=lambda: BACKENDS["jax"].synchronize(step.params))
+
+
+def _uniform(batches) -> list:
+    """The batches, checked to be of one shape: a compiled peer compiles once, in the warm-up."""
+    shapes = {(x.shape, y.shape) for x, y in batches}
+    if len(shapes) != 1:
+        raise ValueError(f"batches of several shapes {sorted(shapes)}: compiled peers would recompile in timed runs")
+    return batches
+
+
 def _training_candidates(dev: Device, net: Net, params, batches, floor_step, scale=1.0) -> dict:
-    """The floor, the GEMM-only step, PyTorch and backprop (eager and captured) on each backend."""
+    """The floor, the GEMM-only step, PyTorch (eager and torch.compile), the hand-written jax.jit
+    step (on the CPU, where the JAX backend runs) and backprop (eager and captured) on each backend."""
+    batches = _uniform(batches)
     candidates = {
         dev.floor: _array_peer(floor_step, params, batches, net.lr, dev.xp, dev.sync, scale),
         dev.gemm: _array_peer(peers.gemm_only_step, params, batches, net.lr, dev.xp, dev.sync, scale),
     }
     if dev.torch_device:
         candidates[dev.torch] = _torch_peer(net, params, batches, dev.torch_device, dev.sync, scale)
+        compiled = _torch_compile_peer(net, params, batches, dev.torch_device, dev.sync, scale)
+        candidates[dev.torch_compile] = compiled
+    if dev.name == "cpu" and BACKENDS["jax"] in [BACKENDS[backend] for _, backend, _ in dev.backends]:
+        candidates[JAX_JIT] = _jax_peer(net, params, batches, scale)
     for label, backend, where in dev.backends:
         for capture in (False, True):
             candidate = _backprop(net, params, batches, backend, where, capture, dev.sync, scale)
@@ -339,8 +409,9 @@ def measure(config: Config, repeats: int, warmup: int = 1) -> dict:
     whatever array code ran right after them (layer: backprop 0.52 s instead of 0.42 s), and
     their targets (>= 5x, >= 6x) need no finer comparison.
     """
-    groups = [{k: c for k, c in config.candidates.items() if not c.isolated}]
-    groups += [{k: c} for k, c in config.candidates.items() if c.isolated]
+    runnable = {k: c for k, c in config.candidates.items() if c.left_out is None}
+    groups = [{k: c for k, c in runnable.items() if not c.isolated}]
+    groups += [{k: c} for k, c in runnable.items() if c.isolated]
     times = {}
     for group in groups:
         times.update(_interleaved(group, repeats, warmup))
@@ -352,12 +423,16 @@ def _interleaved(candidates: dict, repeats: int, warmup: int) -> dict:
 
     A captured step needs four calls (warm-up, capture, check, replay) before it replays: the
     warm-up runs each candidate's whole workload at least once, and twice where it is shorter than
-    four steps would need.
+    four steps would need. So every batch shape is seen before the timed runs: jax.jit and
+    torch.compile compile there, not inside them. Each warm-up ends with its candidate's sync, so
+    asynchronous work (JAX) does not spill into the next candidate's timed run.
     """
     names = list(candidates)
     for name in names:
         for _ in range(warmup if candidates[name].step is None else max(warmup, 2)):
             candidates[name].run()
+        if candidates[name].sync:
+            candidates[name].sync()
     times = {name: [] for name in names}
     for round_ in range(repeats):
         for name in names if round_ % 2 == 0 else reversed(names):
@@ -412,9 +487,10 @@ def run_suite(dev: Device, configs, thread_settings, repeats: int) -> dict:
                 config = make(here)
                 times = measure(config, repeats)
                 modes = {name: c.step.mode for name, c in config.candidates.items() if c.step is not None}
+                left_out = {name: c.left_out for name, c in config.candidates.items() if c.left_out is not None}
                 checked = [target.check(times) for target in config.targets]
                 run = {"config": config.name, "description": config.description, "threads": count,
-                       "baseline": dev.ours(), "seconds": times, "modes": modes,
+                       "baseline": dev.ours(), "seconds": times, "modes": modes, "left_out": left_out,
                        "targets": [c for c in checked if c is not None]}  # fmt: skip
                 results["runs"].append(run)
                 print(report.format_run(run), flush=True)

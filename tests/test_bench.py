@@ -5,6 +5,7 @@ stand-in device (PyTorch tensors on the CPU), so their code runs wherever the te
 """
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -31,6 +32,9 @@ def test_cpu_suite_writes_tables_and_json_with_targets(suite, tmp_path):
     expected = {"numpy (hand-vectorized)", "gemm only (numpy)", "loop (per-sample)", "backprop (numpy)"}
     expected |= {"torch eager", "backprop (torch, captured)"} if suite.HAVE_TORCH else set()
     assert expected <= set(s["seconds"])
+    if suite.HAVE_TORCH:  # timed, or left out with the reason torch.compile gave
+        assert "torch.compile" in s["seconds"] or s["left_out"]["torch.compile"]
+    assert "jax.jit (hand-written)" not in s["seconds"]  # JAX joins only the all-threads runs
     assert s["modes"]["backprop (numpy, captured)"] == "traced" and s["modes"]["backprop (numpy)"] == "eager"
     assert {t["target"] for t in s["targets"]} >= {"backprop, captured, within 1.15x of the NumPy floor"}
     assert all(isinstance(t["met"], bool) and t["ratio"] > 0 for run in runs.values() for t in run["targets"])
@@ -109,3 +113,93 @@ def test_the_scaling_configuration_runs_one_and_two_ranks_under_mpiexec(suite, t
     assert result["gradient_bytes"] == 4 * (784 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10)
     table = (tmp_path / "scale.md").read_text()
     assert "| 2 |" in table and "Ring all-reduce model" in table and not (tmp_path / "scale.png").exists()
+
+
+# --- the compiled peers (jax.jit, torch.compile) against the hand-written NumPy steps ---
+
+SMALL_NETS = {  # small S and L: sizes, activation, loss, the NumPy step, lr
+    "S": ((12, 7, 4), "sigmoid", "quadratic", "sigmoid_numpy_step", 3.0),
+    "L": ((12, 9, 8, 4), "relu", "cross_entropy", "relu_numpy_step", 0.5),
+}
+
+
+def _small_run(suite, kind: str, dtype: str, steps: int = 3, batch: int = 5):
+    """Initial params, the batches, and the params the NumPy step reaches from them (in float64)."""
+    import numpy as np
+
+    sizes, _, _, numpy_step, lr = SMALL_NETS[kind]
+    rng = np.random.default_rng(7)
+    xs = rng.random((steps, batch, sizes[0])).astype(dtype)
+    labels = rng.integers(0, sizes[-1], (steps, batch))
+    ys = np.eye(sizes[-1], dtype=dtype)[labels] if kind == "S" else labels
+    params = suite.peers.init_mlp(sizes, dtype, seed=3)
+    expected = [p.astype(np.float64) for p in params]
+    for x, y in zip(xs, ys, strict=True):
+        getattr(suite.peers, numpy_step)(expected, x.astype(np.float64), y.astype(ys.dtype), lr)
+    return params, list(zip(xs, ys, strict=True)), expected
+
+
+def _assert_params_close(got, expected, dtype: str):
+    import numpy as np
+
+    tolerance = {"float32": (1e-4, 1e-5), "float64": (1e-10, 1e-12)}[dtype]
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected, strict=True):
+        assert g.dtype == np.dtype(dtype) and g.shape == e.shape
+        assert np.allclose(g, e, *tolerance), np.abs(g - e).max()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", ["S", "L"])
+def test_the_jax_jit_peer_reaches_the_numpy_steps_parameters(suite, kind, dtype):
+    import numpy as np
+
+    pytest.importorskip("jax", reason="the jax.jit peer needs JAX: pip install jax")
+    params, batches, expected = _small_run(suite, kind, dtype)
+    sizes, activation, loss, _, lr = SMALL_NETS[kind]
+    step = suite.peers.jax_step_factory(sizes, activation, loss, dtype, lr, params)
+    for x, y in batches:
+        step(x, y)
+    _assert_params_close([np.asarray(p) for p in step.params], expected, dtype)
+
+
+@pytest.mark.parametrize("factory", ["torch_step_factory", "torch_compile_step_factory"])
+@pytest.mark.parametrize("kind", ["S", "L"])
+def test_the_torch_peers_reach_the_numpy_steps_parameters(suite, kind, factory):
+    torch = pytest.importorskip("torch", reason="the PyTorch peers need PyTorch")
+    if factory == "torch_compile_step_factory" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        pytest.skip("torch.compile (Inductor) needs a C++ compiler on the CPU")
+    params, batches, expected = _small_run(suite, kind, "float32")
+    sizes, activation, loss, _, lr = SMALL_NETS[kind]
+    step = getattr(suite.peers, factory)(sizes, activation, loss, "float32", lr, params)
+    for x, y in batches:
+        step(torch.from_numpy(x), torch.from_numpy(y))
+    got = [p.detach().numpy() for p in step.model.parameters()]
+    _assert_params_close([p.T if p.ndim == 2 else p for p in got], expected, "float32")  # weights: (out, in)
+
+
+def test_a_torch_compile_that_fails_is_left_out_with_its_reason(suite, monkeypatch, capsys):
+    pytest.importorskip("torch", reason="the PyTorch peers need PyTorch")
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Compiler: g++ not found\nthe rest of a long message")
+
+    monkeypatch.setattr(suite.peers, "torch_compile_step_factory", no_compiler)
+    params, batches, _ = _small_run(suite, "S", "float32")
+    net = suite.Net(SMALL_NETS["S"][0], "sigmoid", "sigmoid", "quadratic", "float32", 3.0)
+    candidate = suite._torch_compile_peer(net, params, batches, "cpu", None)
+    reason = "RuntimeError: Compiler: g++ not found"
+    assert candidate.left_out == reason and capsys.readouterr().out == f"torch.compile left out: {reason}\n"
+    config = suite.Config("S", "", {"torch.compile": candidate, "other": suite.Candidate(lambda: None)})
+    assert set(suite.measure(config, repeats=1)) == {"other"}
+    run = {"config": "S", "description": "", "threads": 1, "baseline": "other", "seconds": {"other": 1.0},
+           "modes": {}, "left_out": {"torch.compile": reason}, "targets": []}  # fmt: skip
+    assert f"| torch.compile: left out ({reason}) | | |" in suite.report.format_run(run)
+
+
+def test_batches_of_several_shapes_are_refused_before_compiled_peers_see_them(suite):
+    import numpy as np
+
+    batches = [(np.zeros((10, 4)), np.zeros(10)), (np.zeros((3, 4)), np.zeros(3))]
+    with pytest.raises(ValueError, match="several shapes"):
+        suite._uniform(batches)
