@@ -51,6 +51,7 @@ class BackendEntry:
     default_tests: bool = True  # in `nox -s tests` (otherwise in a session of its own)
     test_threads: tuple = (None,)  # BLAS thread counts its test sessions run at (None: all cores)
     threads_fixed: bool = False  # sizes its thread pool once, at start: thread limits do not apply
+    compiles_steps: bool = False  # compile_steps makes K steps one call (TrainStep.run_many)
     helpers = ("set_at", "scatter_add", "sign")  # methods that compute arrays (a trace records their calls)
 
     def __init__(self):
@@ -193,6 +194,13 @@ class BackendEntry:
     def capture_graph(self, function, inputs):
         """Record `function(*inputs)` as a device graph without running it: (launch, outputs, keep)."""
         raise NotImplementedError(f"backend {self.name!r} has no device graphs (its capture is {self.capture!r})")
+
+    def compile_steps(self, step):
+        """Several steps as one compiled call (`compiles_steps`), or None (then they run one by one). `step(state,
+        numbers, x, y) -> (state, grads, loss, out)` is one step; the result is called as
+        `(state, grads, numbers, xs, ys) -> (state, grads, losses, outs)`, with a leading axis of
+        K on numbers, xs, ys, losses and outs, and grads carried from step to step."""
+        return None
 
     def fast_path(self):
         """What a traced replay may use beyond the standard here (a `backprop.optimize.FastPath`:
@@ -353,7 +361,7 @@ class JaxBackend(BackendEntry):
     """Immutable arrays (writes are functional `.at[]` updates); a step is compiled by `jax.jit`."""
 
     name, module, extra, distributions = "jax", "jax.numpy", "jax", ("jax",)
-    mutable, capture, default_tests, threads_fixed = False, "jit", False, True
+    mutable, capture, default_tests, threads_fixed, compiles_steps = False, "jit", False, True, True
 
     def load(self):
         importlib.import_module("jax").config.update("jax_enable_x64", True)  # else float64 data silently -> float32
@@ -418,6 +426,19 @@ class JaxBackend(BackendEntry):
         import jax
 
         return jax.jit(program)
+
+    def compile_steps(self, step):
+        import jax
+
+        def steps(state, grads, numbers, xs, ys):
+            def body(carry, inputs):
+                state, grads, loss, out = step(carry[0], *inputs)
+                return (state, grads), (loss, out)
+
+            (state, grads), (losses, outs) = jax.lax.scan(body, (state, grads), (numbers, xs, ys))
+            return state, grads, losses, outs
+
+        return jax.jit(steps)
 
 
 class CuPyBackend(BackendEntry):

@@ -124,6 +124,8 @@ def _train_parser(commands) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="the same as --verbose 0")
     p.add_argument("--capture", action="store_true", help="capture the step once, then replay it: same numbers, faster")
+    p.add_argument("--steps-per-execution", type=_positive, default=1, metavar="K",
+                   help="batches per call of the step (--capture on JAX: K steps as one compiled call)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -329,7 +331,7 @@ def train(args) -> int:
     say(f"training {model} on {args.dataset} ({len(x)} train, {len(xt)} test) with {bp.get_backend().name}{on}")
     history = bp.fit(model, loss, optimizer, train_set, args.epochs, args.batch_size, validation=test_set,
                      verbose=_verbose(args), checkpoint=args.checkpoint, resume=args.resume,
-                     capture=args.capture, callbacks=[guard])  # fmt: skip
+                     capture=args.capture, callbacks=[guard], steps_per_execution=args.steps_per_execution)  # fmt: skip
     last = history.epochs[-1]
     seconds = sum(history["seconds"])
     say(f"final: train accuracy {last['accuracy']:.4f}, test accuracy {last['val_accuracy']:.4f} "

@@ -31,12 +31,19 @@ class NumberTable:
         """This step's numbers as arrays (the last ones again when nothing changed)."""
         values = self.values(numbers)
         if values != self._values:
-            dtypes = [dtype for dtype in self.dtypes for _ in self.names]
-            self._arrays = [
-                self.xp.asarray(v, dtype=dtype, device=self.device) for v, dtype in zip(values, dtypes, strict=True)
-            ]
+            self._arrays = self._as_arrays(values)
             self._values = values
         return self._arrays
+
+    def stacked(self, steps: list) -> list:
+        """The numbers of several steps (a dict each), as `arrays` gives them with a leading axis:
+        one entry per step."""
+        return self._as_arrays([list(column) for column in zip(*map(self.values, steps), strict=True)])
+
+    def _as_arrays(self, values: list) -> list:
+        dtypes = [dtype for dtype in self.dtypes for _ in self.names]
+        xp, device = self.xp, self.device
+        return [xp.asarray(v, dtype=dtype, device=device) for v, dtype in zip(values, dtypes, strict=True)]
 
     def bind(self, arrays) -> dict:
         """{dtype: {name: array}} for the optimizer's update."""
@@ -93,6 +100,42 @@ class TracedReplay:
         outputs = self.program(*layout.inputs(state, self.numbers.arrays(numbers), x, y))
         self._returned = outputs[layout.params : layout.state]
         return function.take_outputs(layout, outputs)
+
+
+class ScanReplay:
+    """K steps of a verified traced replay as one compiled call: the backend entry's
+    `compile_steps` (JAX: `jax.jit` of a `lax.scan` over the step's program). The batches come
+    stacked (a leading axis of K), so do the losses and outputs; the gradients are the last step's."""
+
+    mode = "jit-scan"
+
+    def __init__(self, replay: TracedReplay, k: int, compile_steps):
+        self.replay, self.k, self.verified = replay, k, False
+        layout, program = replay.layout, replay.source
+        gradients = program.trace.outputs[layout.state : layout.state + layout.params]
+        self._has_grad = [g is not None for g in gradients]  # a frozen parameter's is None
+        self._zeros = None
+
+        def step(state, numbers, x, y):
+            state, grads, loss, out = layout.split_outputs(program(*state, *numbers, x, y))
+            return list(state), list(grads), loss, out
+
+        self.program = compile_steps(step)
+
+    def __call__(self, xs, ys, state: list | None = None):
+        function = self.replay.function
+        numbers = [function.optimizer.start_step() for _ in range(self.k)]
+        for p in function.params:
+            p.grad = None
+        state = function.state() if state is None else state
+        if self._zeros is None:  # the gradients the scan carries in (each step makes its own)
+            xp = function.xp
+            self._zeros = [
+                xp.zeros_like(p.data) if has else None for p, has in zip(function.params, self._has_grad, strict=True)
+            ]
+        layout = self.replay.layout
+        state, grads, losses, outs = self.program(state, self._zeros, self.replay.numbers.stacked(numbers), xs, ys)
+        return function.take_outputs(layout, [*state, *grads, losses, outs])
 
 
 class GraphReplay:

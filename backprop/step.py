@@ -68,7 +68,7 @@ from backprop import changes
 from backprop.backend import copy_array, get_rng_state, namespace_of, set_rng_state, to_numpy
 from backprop.backends import backend_of
 from backprop.nn import structure, structure_difference
-from backprop.replay import GraphReplay, NumberTable, TracedReplay
+from backprop.replay import GraphReplay, NumberTable, ScanReplay, TracedReplay
 from backprop.tensor import Tensor, is_grad_enabled
 
 MAX_CAPTURES = 8  # input shapes (and settings) captured per TrainStep; further ones run eagerly
@@ -278,6 +278,7 @@ class TrainStep:
         self._last = None  # the capture the last call replayed
         self._warmed: set = set()
         self._captures: dict = {}
+        self._many: dict = {}  # (key, K) -> ScanReplay, or None where K steps run one by one
         self._changes = -1  # backprop.changes.count then
         self._state = None  # the state arrays the last call left behind
         self._trains = ()  # each parameter's requires_grad
@@ -296,6 +297,7 @@ class TrainStep:
         parts = {"model": function.model, "loss": function.loss, "optimizer": function.optimizer, **change}
         self.function = StepFunction(**parts, gradient_hooks=function.gradient_hooks)
         self._captures.clear()
+        self._many.clear()
         self._warmed.clear()
         self._state = None
         self._fingerprint = None
@@ -305,10 +307,7 @@ class TrainStep:
         y = targets.data if isinstance(targets, Tensor) else targets
         if not self.capture or not is_grad_enabled():  # under no_grad the eager step says why it cannot
             return self._eager(x, y)
-        state = self.function.state()
-        trains = tuple(map(_requires_grad, self.function.params))  # a plain slot, so it is read here
-        if changes.count != self._changes or trains != self._trains or not _same_arrays(state, self._state):
-            state = self._check_fingerprint(state)
+        state = self._checked_state()
         function = self.function
         key = function.key(x, y)
         replay = self._captures.get(key)
@@ -332,6 +331,94 @@ class TrainStep:
         if len(self._state) != len(state) and self.capture:  # the optimizer made its state: the
             self._fingerprint = function.fingerprint(self._state)  # step's own change, not the user's
         return loss, out
+
+    def run_many(self, batches):
+        """One step per (inputs, targets) of `batches`, all of one shape: (losses, outputs) with a
+        leading axis of K = len(batches), as K calls of the step would give them (Keras's
+        `steps_per_execution`). Where the backend compiles several steps as one (JAX: a
+        `lax.scan` over the captured step), the K steps are one call once the single step is
+        captured and checked (the first such call is checked against K single steps); elsewhere
+        they are a loop of single steps.
+        """
+        pairs = [tuple(a.data if isinstance(a, Tensor) else a for a in pair) for pair in batches]
+        if not pairs:
+            raise ValueError("run_many needs at least one (inputs, targets) batch")
+        first = [(a.shape, a.dtype) for a in pairs[0]]
+        for i, pair in enumerate(pairs):
+            if [(a.shape, a.dtype) for a in pair] != first:
+                shapes = " and ".join(f"{tuple(a.shape)} {a.dtype}" for a in pair)
+                expected = " and ".join(f"{tuple(shape)} {dtype}" for shape, dtype in first)
+                raise ValueError(f"run_many: batch {i} is {shapes}, batch 0 {expected}: the batches must be alike")
+        many = self._scan(pairs)
+        if many is None:
+            results = [self(x, y) for x, y in pairs]
+            xp = namespace_of(results[0][1])
+            return xp.stack([xp.asarray(loss) for loss, _ in results]), xp.stack([out for _, out in results])
+        xp = self.function.xp
+        xs, ys = xp.stack([x for x, _ in pairs]), xp.stack([y for _, y in pairs])
+        if not many.verified:
+            return self._verify_many(many, pairs, xs, ys)
+        function = self.function
+        steps = function.optimizer.steps
+        try:
+            losses, outs = many(xs, ys, self._checked_state())
+        except BaseException:  # nothing was written back: no step happened
+            function.optimizer.steps = steps
+            raise
+        self.mode, self._state, self._last = many.mode, function.installed, many.replay
+        return losses, outs
+
+    def _scan(self, pairs):
+        """The ScanReplay for these batches, or None (they run one by one): the backend compiles
+        several steps as one, and this shape's single step is captured and checked."""
+        if not self.capture or not is_grad_enabled() or len(pairs) < 2:
+            return None
+        entry = backend_of(self.function.xp)
+        self._checked_state()
+        key = (self.function.key(*pairs[0]), len(pairs))
+        replay = self._captures.get(key[0])
+        if key not in self._many and isinstance(replay, TracedReplay) and replay.verified:
+            many = ScanReplay(replay, len(pairs), entry.compile_steps)
+            self._many[key] = many if many.program is not None else None
+        return self._many.get(key)
+
+    def _verify_many(self, many, pairs, xs, ys):
+        """Run the K steps as one call, undo them, and run them one by one: both must agree (once)."""
+        function = self.function
+        snapshot = function.snapshot()
+        key = (function.key(*pairs[0]), len(pairs))
+        try:
+            losses, outs = many(xs, ys)
+            together = [*function.state(), *function.grads(), losses, outs]
+        except Exception as error:
+            together = f"they failed as one call: {error}"
+        function.restore(snapshot)
+        self._state = None  # restored: the state is not what the guard saw last
+        one_by_one = [self(x, y) for x, y in pairs]
+        xp = function.xp
+        losses = xp.stack([xp.asarray(loss) for loss, _ in one_by_one])
+        outs = xp.stack([out for _, out in one_by_one])
+        if isinstance(together, list):
+            mismatch = _first_mismatch(together, [*function.state(), *function.grads(), losses, outs])
+            together = None if mismatch is None else f"they differ from single steps ({mismatch})"
+        if together is None:
+            many.verified = True
+        else:
+            self._many[key] = None
+            warnings.warn(
+                f"TrainStep runs these {len(pairs)} steps one by one: {together}", CaptureWarning, stacklevel=3
+            )
+        return losses, outs
+
+    def _checked_state(self) -> list:
+        """The state arrays, after the guard: if something that can change the step changed
+        (backprop.changes moved, a `requires_grad` flag flipped, a state array was replaced), the
+        fingerprint is checked."""
+        state = self.function.state()
+        trains = tuple(map(_requires_grad, self.function.params))  # a plain slot, so it is read here
+        if changes.count != self._changes or trains != self._trains or not _same_arrays(state, self._state):
+            state = self._check_fingerprint(state)
+        return state
 
     def _check_fingerprint(self, state: list) -> list:
         """Something changed (backprop.changes moved, a `requires_grad` flag, a state array): if
@@ -409,6 +496,7 @@ class TrainStep:
     def _give_up(self, reason: str) -> None:
         self.capture = False
         self._captures.clear()
+        self._many.clear()
         warnings.warn(
             f"TrainStep runs eagerly: {reason}. Steps that read array values in Python, draw host random "
             "numbers (Dropout) or use arrays that are not parameters, optimizer state or the batch cannot "

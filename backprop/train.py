@@ -129,8 +129,9 @@ def _correct(xp, out, target):
     return xp.sum(xp.astype(predicted == truth, xp.int64))
 
 
-def _pair(data, what: str):
-    """`data` = (inputs, targets) as host arrays, or a ConfigError naming `what`."""
+def _pair(data, what: str, dtype=None):
+    """`data` = (inputs, targets) as host arrays, or a ConfigError naming `what`; with `dtype`
+    (the model's), numeric inputs and floating targets cast to it, as `model(x)` casts a host array."""
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise ConfigError(f"{what} must be (inputs, targets) or a Batches, got {type(data).__name__}")
     inputs, targets = _host(data[0]), _host(data[1])
@@ -140,7 +141,16 @@ def _pair(data, what: str):
         raise ConfigError(f"{what} has {len(inputs)} inputs but {len(targets)} targets")
     if len(inputs) == 0:
         raise ConfigError(f"{what} is empty (0 samples)")
+    if dtype is not None:
+        inputs = inputs.astype(dtype, copy=False) if inputs.dtype.kind in "biuf" else inputs
+        targets = targets.astype(dtype, copy=False) if targets.dtype.kind == "f" else targets
     return inputs, targets
+
+
+def _model_dtype(model) -> str | None:
+    """The dtype of the model's first parameter (by name), or None for a model without any."""
+    first = next(iter(model.parameters()), None)
+    return None if first is None else dtype_name(first.dtype)
 
 
 def _host(value) -> np.ndarray:
@@ -162,13 +172,13 @@ def _loss_function(loss):
     return loss
 
 
-def _as_batches(data, batch_size: int, shuffle: bool, what: str = "the data", shard=(0, 1)) -> Batches:
+def _as_batches(data, batch_size: int, shuffle: bool, what: str = "the data", shard=(0, 1), dtype=None) -> Batches:
     if isinstance(data, Batches):
         if (data.rank, data.ranks) != tuple(shard):
             raise ConfigError(f"{what} is a Batches of shard {data.rank} of {data.ranks}, this is rank {shard[0]} "
                               f"of {shard[1]}: give Batches(..., shard={tuple(shard)}) or the arrays")  # fmt: skip
         return data
-    inputs, targets = _pair(data, what)
+    inputs, targets = _pair(data, what, dtype)
     return Batches(inputs, targets, batch_size, shuffle=shuffle, shard=shard)
 
 
@@ -271,6 +281,7 @@ class _Tally:
         self.narrow = getattr(xp, "float16", None)
         self.copies = backend_of(xp).capture == "cuda-graph"
         self.losses, self.sizes, self.outs, self.targets = [], [], [], []
+        self.stacked, self.stacked_sizes = [], []  # losses of several steps, one array each (run_many)
 
     def add(self, loss, out, targets) -> None:
         if self.copies:
@@ -283,20 +294,35 @@ class _Tally:
         if len(self.losses) == self.FLUSH:
             self._flush()
 
+    def add_many(self, losses, outs, targets: list) -> None:
+        """Several steps at once: their losses (K,), outputs (K, batch, ...) and K target arrays."""
+        if self.copies:
+            losses, outs = copy_array(losses), copy_array(outs)
+        self.stacked.append(losses)
+        self.stacked_sizes += [outs.shape[1]] * outs.shape[0]
+        if self.accuracy:
+            self.outs.append(self.xp.reshape(outs, (-1, *outs.shape[2:])))
+            self.targets += targets
+        if len(self.stacked_sizes) >= self.FLUSH:
+            self._flush()
+
     def _flush(self) -> None:
-        if not self.losses:
+        if not self.sizes and not self.stacked_sizes:
             return
         xp = self.xp
-        losses = xp.stack([xp.asarray(value) for value in self.losses])
+        single = [xp.stack([xp.asarray(value) for value in self.losses])] if self.losses else []
+        losses = xp.concat([*self.stacked, *single]) if self.stacked else single[0]
         if self.narrow is not None and losses.dtype == self.narrow:
             losses = xp.astype(losses, xp.float32)
-        sizes = xp.asarray(self.sizes, dtype=losses.dtype, device=device_of(losses))
+        counts = self.stacked_sizes + self.sizes  # in the order of `losses`
+        sizes = xp.asarray(counts, dtype=losses.dtype, device=device_of(losses))
         self.loss = self.loss + xp.sum(losses * sizes)
-        self.count += sum(self.sizes)
+        self.count += sum(counts)
         if self.accuracy:
             out, targets = xp.concat(self.outs, axis=0), xp.concat(self.targets, axis=0)
             self.correct = self.correct + _correct(xp, out, targets)
         self.losses, self.sizes, self.outs, self.targets = [], [], [], []
+        self.stacked, self.stacked_sizes = [], []
 
     def record(self, reduce_sums=None) -> dict:
         """The mean loss (and accuracy); `reduce_sums` adds up the sums of every rank first."""
@@ -336,13 +362,33 @@ def _output_width(model, batches: Batches) -> int:
         return model(Tensor(batches.inputs[:1, ...])).shape[-1]
 
 
-def _run_epoch(step: TrainStep, batches: Batches, metrics, bar, reduce_sums=None) -> dict:
+def _run_epoch(step: TrainStep, batches: Batches, metrics, bar, reduce_sums=None, per_call: int = 1) -> dict:
+    """One pass over `batches`, `per_call` alike batches to a call of the step (an epoch's last,
+    smaller batch and the batches of an unfinished group run one by one)."""
     tally = _Tally(batches.xp, metrics)
+    group: list = []
     for inputs, targets in batches:
+        if group and (inputs.shape, targets.shape) != (group[0][0].shape, group[0][1].shape):
+            _run_steps(step, group, per_call, tally, bar)
+            group = []
+        group.append((inputs, targets))
+        if len(group) == per_call:
+            _run_steps(step, group, per_call, tally, bar)
+            group = []
+    _run_steps(step, group, per_call, tally, bar)
+    return tally.record(reduce_sums)
+
+
+def _run_steps(step: TrainStep, group: list, per_call: int, tally, bar) -> None:
+    if len(group) == per_call > 1:
+        losses, outs = step.run_many(group)
+        tally.add_many(losses, outs, [targets for _, targets in group])
+        bar.update(len(group))
+        return
+    for inputs, targets in group:
         loss, out = step(inputs, targets)
         tally.add(loss, out, targets)
         bar.update(1)
-    return tally.record(reduce_sums)
 
 
 def _check_world_size(resume, size: int) -> None:
@@ -360,7 +406,7 @@ def evaluate(model, loss_fn, data, batch_size: int = 1000, metrics=("accuracy",)
 
     Empty data is a ConfigError (a mean over no samples has no value); inf or NaN inputs give
     an inf or NaN loss, as they should."""
-    batches = _as_batches(data, batch_size, shuffle=False, what="evaluate's data")
+    batches = _as_batches(data, batch_size, shuffle=False, what="evaluate's data", dtype=_model_dtype(model))
     return _evaluate(model, _loss_function(loss_fn), batches, metrics)
 
 
@@ -374,14 +420,14 @@ def _evaluate(model, loss_fn, batches: Batches, metrics, reduce_sums=None) -> di
     return tally.record(reduce_sums)
 
 
-def _validation_shard(validation, batch_size: int, ranks) -> tuple[Batches, bool]:
+def _validation_shard(validation, batch_size: int, ranks, dtype=None) -> tuple[Batches, bool]:
     """The validation batches this rank evaluates, and whether they are a shard (rows r::W, every
     sample on one rank: the ranks' sums then add up to the whole set's). A Batches, or a set of
     fewer samples than ranks, is evaluated whole on every rank."""
     size = max(batch_size, 1000)
     if ranks.size == 1 or isinstance(validation, Batches):
-        return _as_batches(validation, size, False, "the validation set"), False
-    inputs, targets = _pair(validation, "the validation set")
+        return _as_batches(validation, size, False, "the validation set", dtype=dtype), False
+    inputs, targets = _pair(validation, "the validation set", dtype)
     if len(inputs) < ranks.size:
         return Batches(inputs, targets, size, shuffle=False), False
     return Batches(inputs[ranks.rank :: ranks.size], targets[ranks.rank :: ranks.size], size, shuffle=False), True
@@ -397,9 +443,9 @@ def predict(model, inputs, batch_size: int = 1000):
     host = _host(inputs)
     if host.ndim == 0:
         raise ConfigError("predict needs an array with a row per sample, not a scalar")
-    first = next(iter(model.parameters()), None)
-    if first is not None and host.dtype.kind in "biuf":
-        host = host.astype(dtype_name(first.dtype), copy=False)
+    dtype = _model_dtype(model)
+    if dtype is not None and host.dtype.kind in "biuf":
+        host = host.astype(dtype, copy=False)
     with evaluating(model):
         if len(host) == 0:
             _positive_int("batch_size", batch_size)
@@ -444,6 +490,7 @@ def fit(
     resume=None,
     capture: bool = False,
     gradient_hooks=(),
+    steps_per_execution: int = 1,
 ) -> History:
     """Train `model` on `train` = (inputs, targets) host arrays (or Batches) for `epochs` epochs.
 
@@ -457,17 +504,25 @@ def fit(
     `capture=True` captures the training step and replays it (backprop.step.TrainStep): the same
     numbers, less Python per step; a step that cannot be captured warns and runs eagerly.
     `gradient_hooks` run on the gradients between backward and the update (`bp.optim.ClipGradNorm`).
+    `steps_per_execution` (as in Keras): batches handed to the step K at a time (`TrainStep.run_many`:
+    one compiled call of K steps on JAX once captured, a loop elsewhere); the same numbers.
     `verbose` (as in Keras): 0 silent, 1 a progress bar per epoch (tqdm; without it, one line per
     epoch), 2 one line per epoch, "auto" 1 on a terminal and 2 elsewhere.
-    Checked before any work (ConfigError): positive integer `epochs` and `batch_size`, known
+    Checked before any work (ConfigError): positive integer `epochs`, `batch_size` and
+    `steps_per_execution`, known
     `metrics`, `verbose`, and training and validation sets that are not empty and hold no inf or NaN.
     """
     loss = _loss_function(loss)
     verbose = resolve_verbose(verbose)
     _check_fit_arguments(train, epochs, batch_size, validation, metrics, callbacks, checkpoint)
+    _positive_int("steps_per_execution", steps_per_execution)
     ranks = distributed.world()
-    batches = _as_batches(train, batch_size, shuffle, "the training set", (ranks.rank, ranks.size))
-    validation, sharded = _validation_shard(validation, batch_size, ranks) if validation is not None else (None, False)
+    dtype = _model_dtype(model)
+    batches = _as_batches(train, batch_size, shuffle, "the training set", (ranks.rank, ranks.size), dtype)
+    no_validation = (None, False)
+    validation, sharded = (
+        _validation_shard(validation, batch_size, ranks, dtype) if validation is not None else no_validation
+    )
     _check_labels(model, {"training": batches, **({"validation": validation} if validation is not None else {})})
     history, start = History(), 1
     distributed.check_same_setup(model, optimizer)
@@ -486,7 +541,8 @@ def fit(
         began = time.perf_counter()
         shown = verbose if ranks.is_main else 0
         with EpochReport(shown, epoch, epochs, len(batches)) as bar:
-            record = {"epoch": epoch, **_run_epoch(step, batches, metrics, bar, all_reduce.reduce_sums)}
+            tally = _run_epoch(step, batches, metrics, bar, all_reduce.reduce_sums, steps_per_execution)
+            record = {"epoch": epoch, **tally}
             _check_finite(record["loss"], epoch, "the training loss")
             if validation is not None:
                 scores = _evaluate(model, loss, validation, metrics, all_reduce.reduce_sums if sharded else None)

@@ -39,6 +39,11 @@ HERE = Path(__file__).resolve().parent
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 LOOP = "loop (per-sample)"
 JAX_JIT = "jax.jit (hand-written)"
+PER_CALL = 100  # S's steps per call of a backend that compiles several steps as one (JAX)
+
+
+def _per_call(name: str) -> str:
+    return f"{name[:-1]}, {PER_CALL} steps a call)"
 
 
 @dataclass
@@ -142,8 +147,11 @@ def targets(config: str, dev: Device) -> list[Target]:
     jax_captured = dev.ours("jax", captured=True)  # checked where both ran: JAX backend, all threads
     jax_text = f"{jax_captured} within 1.05x of the hand-written jax.jit step"
     jax_target = Target(jax_text, jax_captured, JAX_JIT, 1.05, at_most=True)
+    jax_many = _per_call(jax_captured)
+    jax_many_target = Target(f"{jax_many} within 0.85x of the NumPy floor", jax_many, dev.floor, 0.85, at_most=True)
     return {
         "S": [
+            jax_many_target,
             Target("backprop within 1.15x of the NumPy floor", eager, dev.floor, 1.15, at_most=True),
             Target("backprop, captured, within 1.15x of the NumPy floor", captured, dev.floor, 1.15, at_most=True),
             Target("backprop, captured, >= 4x faster than PyTorch eager", dev.torch, captured, 4.0, at_most=False),
@@ -195,8 +203,9 @@ def _mnist_or_synthetic(n: int, dtype: str):
         return rng.random((n, 784), dtype=np.float64).astype(dtype), rng.integers(0, 10, n), "synthetic"
 
 
-def _backprop(net: Net, params, batches, backend, where, capture: bool, sync, scale=1.0) -> Candidate:
-    """backprop's training step (TrainStep, eager or captured) over `batches` on one backend."""
+def _backprop(net: Net, params, batches, backend, where, capture: bool, sync, scale=1.0, per_call=1) -> Candidate:
+    """backprop's training step (TrainStep, eager or captured) over `batches` on one backend;
+    `per_call` batches to a call (`TrainStep.run_many`, as fit's steps_per_execution)."""
     with bp.use_backend(backend, where):
         model = bp.nn.mlp(list(net.sizes), net.activation, net.output, dtype=net.dtype)
         model.load_state_dict({name: p for (name, _), p in zip(model.named_parameters(), params, strict=True)})
@@ -205,6 +214,10 @@ def _backprop(net: Net, params, batches, backend, where, capture: bool, sync, sc
     step = bp.TrainStep(model, bp.losses.LOSSES[net.loss], bp.optim.SGD(model.parameters(), lr=net.lr), capture)
 
     def run():
+        if per_call > 1:
+            for i in range(0, len(data), per_call):
+                step.run_many(data[i : i + per_call])
+            return
         for x, y in data:
             step(x, y)
 
@@ -319,6 +332,10 @@ def config_s(dev: Device, dtype: str, steps: int) -> Config:
     params = peers.init_mlp(net.sizes, dtype)
     epoch = 6000 / steps  # report seconds per epoch of full MNIST (60,000 samples)
     candidates = _training_candidates(dev, net, params, batches, peers.sigmoid_numpy_step, epoch)
+    for label, backend, where in dev.backends:  # K steps a call where a backend compiles them as one
+        if BACKENDS[backend].compiles_steps and steps % PER_CALL == 0:
+            candidate = _backprop(net, params, batches, backend, where, True, dev.sync, epoch, PER_CALL)
+            candidates[_per_call(dev.ours(label, captured=True))] = candidate
     if dev.name == "cpu":  # the loop runs a tenth of the steps, scaled up
         loop = _array_peer(peers.sigmoid_loop_step, params, batches[: steps // 10], net.lr, np, None, epoch * 10, True)
         candidates[LOOP] = loop

@@ -1,0 +1,140 @@
+"""Several steps per call (TrainStep.run_many, fit's steps_per_execution): the same numbers as
+one step per call, on every backend; K steps compiled as one call (JAX's lax.scan) are checked
+once against single steps, and where they differ or fail they run one by one, with a warning."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import backprop as bp
+from backprop.backends import BACKENDS, BackendEntry
+from backprop.errors import ConfigError
+
+
+def _batches(count, rng, shape=(8, 7)):
+    be = bp.get_backend()
+    return [(be.asarray(rng.standard_normal(shape)), be.asarray(rng.integers(0, 5, shape[0]))) for _ in range(count)]
+
+
+def _run(per_call: int, optimizer, hooks=(), count: int = 24):
+    """Losses, outputs and parameters after `count` steps taken `per_call` at a time (float64)."""
+    bp.manual_seed(1)
+    model = bp.nn.mlp([7, 6, 5], "tanh", dtype="float64")
+    step = bp.TrainStep(model, bp.losses.cross_entropy, optimizer(model.parameters()), gradient_hooks=hooks)
+    batches = _batches(count, np.random.default_rng(0))
+    losses, outs, modes = [], [], []
+    for i in range(0, count, per_call):
+        if per_call == 1:
+            loss, out = (bp.to_numpy(a)[None] for a in step(*batches[i]))
+        else:
+            loss, out = (bp.to_numpy(a) for a in step.run_many(batches[i : i + per_call]))
+        losses.append(loss)
+        outs.append(out)
+        modes.append(step.mode)
+    grads = [bp.to_numpy(p.grad) for p in model.parameters()]
+    return np.concatenate(losses), np.concatenate(outs), [p.numpy() for p in model.parameters()], grads, modes
+
+
+OPTIMIZERS = {
+    "adam": (lambda ps: bp.optim.Adam(ps, lr=0.01), ()),
+    "momentum-clipped": (lambda ps: bp.optim.SGD(ps, lr=0.1, momentum=0.9), (bp.optim.ClipGradNorm(0.3),)),
+}
+
+
+def _assert_same(got, want, exact: bool):
+    for g, w in zip(got[:2] + tuple(got[2]) + tuple(got[3]), want[:2] + tuple(want[2]) + tuple(want[3]), strict=True):
+        if exact:
+            np.testing.assert_array_equal(g, w, strict=True)
+        else:  # XLA compiles the scan on its own: its fusions may round apart
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14, strict=True)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_run_many_gives_what_single_steps_give(backend, name):
+    optimizer, hooks = OPTIMIZERS[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", bp.CaptureWarning)
+        many = _run(4, optimizer, hooks)
+    one = _run(1, optimizer, hooks)
+    compiled = BACKENDS[backend].compiles_steps
+    _assert_same(tuple(many[:4]), tuple(one[:4]), exact=not compiled)
+    assert ("jit-scan" in many[4]) == compiled, many[4]
+
+
+def _python_scan(step):
+    """A stand-in for a compiled multi-step call, on any backend: the same contract, in Python."""
+
+    def steps(state, grads, numbers, xs, ys):
+        xp = bp.backend.namespace_of(xs)
+        losses, outs = [], []
+        for k in range(xs.shape[0]):
+            state, grads, loss, out = step(state, [n[k] for n in numbers], xs[k, ...], ys[k, ...])
+            losses.append(loss)
+            outs.append(out)
+        return state, grads, xp.stack(losses), xp.stack(outs)
+
+    return steps
+
+
+def test_the_multi_step_protocol_on_every_backend(backend, monkeypatch):
+    """What JAX compiles (ScanReplay: stacked numbers, carried gradients, stacked results), run as
+    a Python loop on this backend: the same numbers as single steps."""
+    monkeypatch.setattr(type(BACKENDS[backend]), "compile_steps", lambda self, step: _python_scan(step))
+    optimizer, hooks = OPTIMIZERS["adam"]
+    many = _run(4, optimizer, hooks)
+    assert many[4][-1] == "jit-scan", many[4]
+    _assert_same(tuple(many[:4]), tuple(_run(1, optimizer, hooks)[:4]), exact=BACKENDS[backend].capture != "jit")
+
+
+def test_steps_that_differ_as_one_call_run_one_by_one_with_a_warning(monkeypatch):
+    def wrong(self, step):
+        steps = _python_scan(step)
+        return lambda state, grads, numbers, xs, ys: steps(state, grads, numbers, xs * 1.5, ys)
+
+    monkeypatch.setattr(BackendEntry, "compile_steps", wrong)
+    optimizer, _ = OPTIMIZERS["adam"]
+    with pytest.warns(bp.CaptureWarning, match="4 steps one by one: they differ from single steps"):
+        many = _run(4, optimizer)
+    assert "jit-scan" not in many[4]
+    _assert_same(tuple(many[:4]), tuple(_run(1, optimizer)[:4]), exact=True)
+
+
+@pytest.mark.parametrize("per_call", [3, 5])
+def test_fit_with_steps_per_execution_trains_as_one_step_per_call(backend, per_call):
+    x, y = bp.data.spirals(203)  # 12 batches of 16 and one of 11
+
+    def run(k):
+        bp.manual_seed(0)
+        model = bp.nn.mlp([2, 16, 2], "tanh", dtype="float64")
+        opt = bp.optim.Adam(model.parameters(), lr=0.01)
+        history = bp.fit(model, "cross_entropy", opt, (x, y), epochs=2, batch_size=16, verbose=0, capture=True,
+                         steps_per_execution=k)  # fmt: skip
+        return history, [p.numpy() for p in model.parameters()]
+
+    (history, weights), (expected_history, expected) = run(per_call), run(1)
+    exact = BACKENDS[backend].capture != "jit"
+    for got, want in zip(weights, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=0 if exact else 1e-12, atol=0 if exact else 1e-14)
+    for got, want in zip(history.epochs, expected_history.epochs, strict=True):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-12) and got["accuracy"] == want["accuracy"]
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "4", True])
+def test_fit_refuses_a_steps_per_execution_that_is_not_a_positive_integer(bad):
+    model = bp.nn.mlp([2, 3, 2], "tanh")
+    with pytest.raises(ConfigError, match="steps_per_execution"):
+        bp.fit(model, "cross_entropy", bp.optim.SGD(model.parameters(), lr=0.1), bp.data.spirals(8), epochs=1,
+               steps_per_execution=bad, verbose=0)  # fmt: skip
+
+
+def test_run_many_refuses_no_batches_and_batches_that_differ():
+    model = bp.nn.mlp([7, 5], None, dtype="float64")
+    step = bp.TrainStep(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="at least one"):
+        step.run_many([])
+    rng = np.random.default_rng(0)
+    batches = [*_batches(2, rng), *_batches(1, rng, shape=(3, 7))]
+    with pytest.raises(ValueError, match=r"batch 2 is \(3, 7\) float64 and \(3,\) int64, batch 0 \(8, 7\) float64"):
+        step.run_many(batches)
+    assert model.layers[0].weight.grad is None  # nothing ran
