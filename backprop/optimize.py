@@ -47,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from backprop.trace import _ATTRIBUTES, _INFIX, _UNARY, Call, Trace, Var, _vars_in
+from backprop.trace import _ATTRIBUTES, _IN_PLACE, _INFIX, _UNARY, Call, Trace, Var, _vars_in
 
 
 @dataclass(frozen=True)
@@ -327,6 +327,7 @@ def reuse_buffers(trace: Trace, fast: FastPath, donated=()) -> Trace:
     owned = {var for call in trace.calls if _fresh(call) for var in call.outputs}
     owned |= {trace.inputs[i] for i in donated} - set(_vars_in(trace.outputs))
     owned -= {var for var in owned if _shared_input(aliases.root(var), classes, trace, donated)}
+    owned -= _handed_out(trace)
     renamed, calls = {}, []
     for i, call in enumerate(trace.calls):
         call = _rewritten(call, renamed)
@@ -339,6 +340,16 @@ def reuse_buffers(trace: Trace, fast: FastPath, donated=()) -> Trace:
         renamed[out] = buffer
         last[buffer] = last.get(out, len(trace.calls))
     return _derive(trace, calls, renamed)
+
+
+def _handed_out(trace: Trace) -> set:
+    """Values given to a call that is neither pure nor an in-place operator (an external call, a
+    backend helper): it may keep them, so nothing is written into them later."""
+    handed = set()
+    for call in trace.calls:
+        if not _pure(call) and call.function not in _IN_PLACE:
+            handed.update(_vars_in((call.args, call.kwargs)))
+    return handed
 
 
 def _last_uses(trace: Trace, donated=()) -> dict:

@@ -92,13 +92,15 @@ class TracedReplay:
             p.grad = None
         state = function.state() if state is None else state
         layout = self.layout
-        owned = state[layout.params : layout.state]
-        if len(owned) != len(self._returned) or any(a is not b for a, b in zip(owned, self._returned, strict=True)):
-            # optimizer state from elsewhere (a load, an eager step): the program may update it in
-            # place, so it gets copies, never arrays a caller may still hold
-            state = [*state[: layout.params], *map(copy_array, owned)]
+        if layout.optimizer_state:
+            owned = state[layout.params : layout.state]
+            if len(owned) != len(self._returned) or any(a is not b for a, b in zip(owned, self._returned, strict=True)):
+                # optimizer state from elsewhere (a load, an eager step): the program may update it
+                # in place, so it gets copies, never arrays a caller may still hold
+                state = [*state[: layout.params], *map(copy_array, owned)]
         outputs = self.program(*layout.inputs(state, self.numbers.arrays(numbers), x, y))
-        self._returned = outputs[layout.params : layout.state]
+        if layout.optimizer_state:
+            self._returned = outputs[layout.params : layout.state]
         return function.take_outputs(layout, outputs)
 
 

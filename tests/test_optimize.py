@@ -234,3 +234,21 @@ def test_reuse_buffers_updates_donated_state_in_place():
 
     lines = _optimized(f, [np.ones(3), np.arange(3.0)], opt.reuse_buffers, donated=[0])
     assert lines[:3] == ["    a0 *= 0.9", "    v1 = 0.1 * a1", "    a0 += v1; del v1"], lines
+
+
+def test_reuse_buffers_leaves_alone_what_an_external_call_was_given():
+    from backprop.trace import external
+
+    kept = []
+
+    def keep(array):  # a call that holds on to its input (as a host callback may)
+        kept.append(array)
+        return array * 1.0
+
+    def f(a):
+        h = a * 2.0
+        external(keep, h)
+        return [h + 1.0]  # h dies here: not written into, `keep` holds it
+
+    lines = _optimized(f, [np.arange(3.0)], opt.reuse_buffers)
+    assert "    v2 = v0 + 1.0; del v0" in lines, lines
