@@ -351,9 +351,7 @@ class TrainStep:
                 raise ValueError(f"run_many: batch {i} is {shapes}, batch 0 {expected}: the batches must be alike")
         many = self._scan(pairs)
         if many is None:
-            results = [self(x, y) for x, y in pairs]
-            xp = namespace_of(results[0][1])
-            return xp.stack([xp.asarray(loss) for loss, _ in results]), xp.stack([out for _, out in results])
+            return self._one_by_one(pairs)
         xp = self.function.xp
         xs, ys = xp.stack([x for x, _ in pairs]), xp.stack([y for _, y in pairs])
         if not many.verified:
@@ -361,7 +359,7 @@ class TrainStep:
         function = self.function
         steps = function.optimizer.steps
         try:
-            losses, outs = many(xs, ys, self._checked_state())
+            losses, outs = many(xs, ys, function.state())  # _scan has run the guard
         except BaseException:  # nothing was written back: no step happened
             function.optimizer.steps = steps
             raise
@@ -394,10 +392,7 @@ class TrainStep:
             together = f"they failed as one call: {error}"
         function.restore(snapshot)
         self._state = None  # restored: the state is not what the guard saw last
-        one_by_one = [self(x, y) for x, y in pairs]
-        xp = function.xp
-        losses = xp.stack([xp.asarray(loss) for loss, _ in one_by_one])
-        outs = xp.stack([out for _, out in one_by_one])
+        losses, outs = self._one_by_one(pairs)
         if isinstance(together, list):
             mismatch = _first_mismatch(together, [*function.state(), *function.grads(), losses, outs])
             together = None if mismatch is None else f"they differ from single steps ({mismatch})"
@@ -409,6 +404,17 @@ class TrainStep:
                 f"TrainStep runs these {len(pairs)} steps one by one: {together}", CaptureWarning, stacklevel=3
             )
         return losses, outs
+
+    def _one_by_one(self, pairs):
+        """A step per batch; their losses and outputs stacked (copied first where a replay hands
+        out buffers that the next one overwrites: CUDA graphs)."""
+        copies = backend_of(self.function.xp).capture == "cuda-graph"
+        results = []
+        for x, y in pairs:
+            loss, out = self(x, y)
+            results.append((copy_array(loss), copy_array(out)) if copies else (loss, out))
+        xp = namespace_of(results[0][1])
+        return xp.stack([xp.asarray(loss) for loss, _ in results]), xp.stack([out for _, out in results])
 
     def _checked_state(self) -> list:
         """The state arrays, after the guard: if something that can change the step changed

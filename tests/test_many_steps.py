@@ -138,3 +138,20 @@ def test_run_many_refuses_no_batches_and_batches_that_differ():
     with pytest.raises(ValueError, match=r"batch 2 is \(3, 7\) float64 and \(3,\) int64, batch 0 \(8, 7\) float64"):
         step.run_many(batches)
     assert model.layers[0].weight.grad is None  # nothing ran
+
+
+def test_run_many_keeps_each_steps_results_where_replays_hand_out_buffers(backend, monkeypatch):
+    """A CUDA graph's loss and outputs are its own buffers, overwritten by the next launch: the
+    stacked results must still be each step's (a stand-in graph, on the CPU)."""
+    from test_step import _stand_in_graph_capture
+
+    entry = BACKENDS[backend]
+    if not entry.mutable or entry.capture == "cuda-graph":
+        pytest.skip(f"the stand-in writes into arrays ({backend}'s are immutable or have real graphs)")
+    monkeypatch.setattr(entry, "capture", "cuda-graph")
+    monkeypatch.setattr(entry, "capture_graph", _stand_in_graph_capture)
+    optimizer, _ = OPTIMIZERS["adam"]
+    many = _run(8, optimizer)
+    assert "cuda-graph" in many[4], many[4]
+    monkeypatch.undo()
+    _assert_same(tuple(many[:4]), tuple(_run(1, optimizer)[:4]), exact=True)
