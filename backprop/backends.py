@@ -230,9 +230,18 @@ class NumPyBackend(BackendEntry):
                 return function if simple else None
             return operators.get(function)
 
+        in_place = {getattr(operator, "i" + f.__name__.strip("_")): u for f, u in operators.items()}
+
+        def same_type(function, dtype) -> bool:  # a loop from operands of `dtype` alone to it
+            function = operators.get(function) or in_place.get(function) or function
+            if not isinstance(function, np.ufunc) or function.nout != 1:
+                return False
+            char = np.dtype(dtype).char
+            return f"{char * function.nin}->{char}" in function.types
+
         floating = lambda dtype: np.dtype(dtype).kind == "f"
         scalar = lambda value, dtype: np.asarray(value, dtype=dtype)
-        return FastPath(np.ndarray, floating, with_out, lambda f: reductions.get(f), scalar)
+        return FastPath(np.ndarray, floating, with_out, same_type, lambda f: reductions.get(f), scalar)
 
     def load(self):
         """NumPy as an array namespace, with `sum` and `max` calling its C reductions directly.

@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+
 from backprop import changes
 from backprop.backend import copy_array, dtype_name, namespace_of, to_numpy
 from backprop.backends import backend_of
@@ -189,8 +191,10 @@ class Optimizer:
             own.update(saved)
 
     def state_dict(self) -> dict:
-        """Hyper-parameters, step count and per-parameter state (host NumPy arrays)."""
-        return {"hyper": self._hyper(), "state": [{k: to_numpy(v) for k, v in s.items()} for s in self.state]}
+        """Hyper-parameters, step count and per-parameter state (host NumPy arrays of their own:
+        later steps, which may update the state in place, leave them as they are)."""
+        state = [{k: np.array(to_numpy(v), copy=True) for k, v in s.items()} for s in self.state]
+        return {"hyper": self._hyper(), "state": state}
 
     def _hyper(self) -> dict:
         return {k: v for k, v in vars(self).items() if isinstance(v, (int, float, bool))}

@@ -58,6 +58,8 @@ class FastPath:
     array_type: type  # its writable arrays (NumPy scalars are not: never written into)
     floating: Callable[[Any], bool]  # whether a dtype is a real floating one
     with_out: Callable[[Any], Any]  # a function or operator -> the same computation taking out=, or None
+    same_type: Callable[[Any, Any], bool]  # (function or operator, dtype): computes in that dtype from
+    # operands of it alone (then a Python number beside such an operand may be a 0-d array of it)
     reduction: Callable[[Any], Any]  # a namespace reduction -> the ufunc reduction it wraps, or None
     scalar: Callable[[Any, Any], Any]  # (number, dtype) -> a 0-d array
 
@@ -88,7 +90,6 @@ _FRESH = frozenset(
 )
 _COMMUTATIVE = {operator.add, operator.mul}
 _IN_PLACE_OF = {getattr(operator, name): getattr(operator, "i" + name) for name in ("add", "sub", "mul", "truediv")}
-_SCALAR_OPERATORS = {*_IN_PLACE_OF, *_IN_PLACE_OF.values()}
 
 
 def _pure(call: Call) -> bool:
@@ -110,10 +111,13 @@ def _fresh(call: Call) -> bool:
 
 class _Aliases:
     """Which values may share memory: a call that is not fresh (a view, a write, an unknown
-    function) joins its results with its array arguments (union-find)."""
+    function), or one that gave back its input, joins its results with its array arguments
+    (union-find)."""
 
     def __init__(self, trace: Trace):
         self._parent: dict = {}
+        for out, source in trace.identities.items():  # a "fresh" call that gave back its input
+            self._union(source, out)
         for call in trace.calls:
             if not _fresh(call):
                 args = list(_vars_in((call.args, call.kwargs)))
@@ -190,7 +194,7 @@ def fold_constants(trace: Trace) -> Trace:
     folded, calls = {}, []
     for call in trace.calls:
         call = _rewritten(call, folded)
-        (out,) = call.outputs if len(call.outputs) == 1 else (None,)
+        out = call.outputs[0] if len(call.outputs) == 1 else None
         if out in trace.constants and _pure(call) and aliases.root(out) not in touched:
             folded[out] = trace.constants[out]
         else:
@@ -200,20 +204,25 @@ def fold_constants(trace: Trace) -> Trace:
 
 def drop_identities(trace: Trace) -> Trace:
     """A pure call that gave back the very array it was given (`xp.asarray(a)` of an array already
-    of that dtype and device) is that array."""
+    of that dtype and device) is that array. Not where an in-place operator rebinds one of the two
+    (on immutable values it rebinds a name, not the array), nor where the array was folded away."""
+    rebound = {call.args[0] for call in trace.calls if call.function in _IN_PLACE}
     same, calls = {}, []
     for call in trace.calls:
         call = _rewritten(call, same)
-        source = trace.identities.get(call.outputs[0]) if len(call.outputs) == 1 else None
-        if source is not None and _pure(call):
-            same[call.outputs[0]] = same.get(source, source)
+        out = call.outputs[0] if len(call.outputs) == 1 else None
+        source = same.get(trace.identities.get(out), trace.identities.get(out))
+        still_there = source is not None and any(var is source for var in _vars_in(call.args))
+        if still_there and _pure(call) and not {out, source} & rebound:
+            same[out] = source
         else:
             calls.append(call)
     return _derive(trace, calls, same)
 
 
 def _key(value):
-    """A hashable stand-in for an argument: Vars and objects by identity, numbers with their type."""
+    """A hashable stand-in for an argument: Vars and objects by identity, numbers with their type
+    (floats by their repr, so that 0.0 and -0.0 differ)."""
     kind = type(value)
     if kind in (tuple, list):
         return (kind, *map(_key, value))
@@ -221,7 +230,9 @@ def _key(value):
         return (slice, _key(value.start), _key(value.stop), _key(value.step))
     if kind is dict:
         return (dict, *((k, _key(v)) for k, v in value.items()))
-    if value is None or kind in (bool, int, float, str):
+    if kind is float:
+        return (float, repr(value))  # 0.0 and -0.0 are different constants (and nan one)
+    if value is None or kind in (bool, int, str):
         return (kind, value)
     return (object, id(value))
 
@@ -272,9 +283,9 @@ def lower_reductions(trace: Trace, fast: FastPath) -> Trace:
     calls = []
     for call in trace.calls:
         lowered = fast.reduction(call.function) if call.name.startswith("xp_") else None
-        (arg, *rest) = call.args or (None,)
+        arg = call.args[0] if len(call.args) == 1 else None  # one array, and no dtype or out
         spec = trace.specs.get(arg) if isinstance(arg, Var) else None
-        plain = not rest and set(call.kwargs) <= {"axis", "keepdims"}  # no dtype, no out
+        plain = set(call.kwargs) <= {"axis", "keepdims"}
         if lowered is not None and plain and spec and _float(spec, fast):
             kwargs = {"axis": None, **call.kwargs}  # a ufunc reduces axis 0 by default, the standard every axis
             call = replace(call, function=lowered, kwargs=kwargs, name=f"{lowered.__self__.__name__}_reduce")
@@ -287,17 +298,17 @@ def _float(spec, fast: FastPath) -> bool:
 
 
 def scalars_as_arrays(trace: Trace, fast: FastPath) -> Trace:
-    """`v * 0.5` as `v * c` with c a 0-d array of v's dtype, in arithmetic operators and the
-    element-wise functions the fast path takes `out=` in, when the result keeps v's dtype."""
+    """`v * 0.5` as `v * c` with c a 0-d array of v's dtype, where every array operand and the
+    result have that (real floating) dtype and the function computes in it from operands of it
+    alone (`fast.same_type`: not `ldexp`, whose exponent is an integer)."""
     constants: dict = {}
     calls = []
     for call in trace.calls:
         operands = call.args
         arrays = [trace.specs[a] for a in operands if isinstance(a, Var)]
         out = trace.specs.get(call.outputs[0]) if len(call.outputs) == 1 else None
-        elementwise = call.function in _SCALAR_OPERATORS or fast.with_out(call.function) is not None
         same_dtype = out is not None and all(s.dtype == out.dtype for s in arrays)
-        if elementwise and arrays and same_dtype and _float(out, fast):
+        if arrays and same_dtype and _float(out, fast) and fast.same_type(call.function, out.dtype):
             operands = tuple(_as_array(a, out.dtype, fast, constants) for a in operands)
             call = replace(call, args=operands)
         calls.append(call)
@@ -307,7 +318,7 @@ def scalars_as_arrays(trace: Trace, fast: FastPath) -> Trace:
 def _as_array(value, dtype, fast: FastPath, constants: dict):
     if type(value) not in (int, float):
         return value
-    key = (type(value), value, dtype)
+    key = (type(value), repr(value), dtype)  # repr: -0.0 is not 0.0
     if key not in constants:
         constants[key] = fast.scalar(value, dtype)
     return constants[key]
@@ -318,33 +329,55 @@ def reuse_buffers(trace: Trace, fast: FastPath, donated=()) -> Trace:
     the same shape and dtype: `v1 = v0 + a` becomes `v0 += a` (then v0 stands for v1), `1 - v`
     becomes `subtract(1, v, out=v)`, `tanh(v)` becomes `tanh(v, out=v)`.
 
-    The operand must be the program's own array: a fresh temporary (not an input, not returned,
-    no view of it used later), or a `donated` input (optimizer state the step replaces).
+    The operand must be the program's own array: a fresh temporary, or a `donated` input
+    (optimizer state the step replaces); never returned, handed to an external call, or seen
+    later through a view, also a view of what it stood for before.
     """
-    last = _last_uses(trace, donated)
-    aliases = _Aliases(trace)
-    classes = aliases.members()
-    owned = {var for call in trace.calls if _fresh(call) for var in call.outputs}
-    owned |= {trace.inputs[i] for i in donated} - set(_vars_in(trace.outputs))
-    owned -= {var for var in owned if _shared_input(aliases.root(var), classes, trace, donated)}
-    owned -= _handed_out(trace)
+    buffers = _Buffers(trace, donated)
     renamed, calls = {}, []
     for i, call in enumerate(trace.calls):
         call = _rewritten(call, renamed)
-        buffer = _buffer(call, i, trace, fast, owned, last, classes, aliases)
+        buffer = _buffer(call, i, trace, fast, buffers)
         if buffer is None:
             calls.append(call)
             continue
-        out = call.outputs[0]
         calls.append(_into(call, buffer, fast))
-        renamed[out] = buffer
-        last[buffer] = last.get(out, len(trace.calls))
+        renamed[call.outputs[0]] = buffer
+        buffers.rename(call.outputs[0], buffer)
     return _derive(trace, calls, renamed)
+
+
+class _Buffers:
+    """What `reuse_buffers` knows of each value: whether the program owns it, the last call that
+    uses it, and the values that may share its memory (joined when one value takes over another's)."""
+
+    def __init__(self, trace: Trace, donated):
+        self.last = _last_uses(trace, donated)
+        aliases = _Aliases(trace)
+        self._root = aliases.root
+        self._classes = aliases.members()
+        kept = set(trace.inputs) - {trace.inputs[i] for i in donated}
+        owned = {var for call in trace.calls if _fresh(call) for var in call.outputs}
+        owned |= {trace.inputs[i] for i in donated} - set(_vars_in(trace.outputs))
+        self.owned = {var for var in owned if not kept & self.sharing(var)} - _handed_out(trace)
+
+    def sharing(self, var: Var) -> set:
+        """`var` and every value that may share its memory."""
+        return self._classes.get(self._root(var), {var})
+
+    def free_after(self, var: Var, i: int) -> bool:
+        """Whether nothing reads `var`'s memory after call i."""
+        return all(self.last.get(member, -1) <= i for member in self.sharing(var))
+
+    def rename(self, out: Var, buffer: Var) -> None:
+        """`buffer` now holds `out`: it lives as long as out, and shares memory with out's views."""
+        self.last[buffer] = self.last.get(out, -1)
+        self._classes[self._root(buffer)] = self.sharing(buffer) | self.sharing(out)
 
 
 def _handed_out(trace: Trace) -> set:
     """Values given to a call that is neither pure nor an in-place operator (an external call, a
-    backend helper): it may keep them, so nothing is written into them later."""
+    backend helper, a write `a[k] = v`): it may keep them, so nothing is written into them later."""
     handed = set()
     for call in trace.calls:
         if not _pure(call) and call.function not in _IN_PLACE:
@@ -365,26 +398,18 @@ def _last_uses(trace: Trace, donated=()) -> dict:
     return last
 
 
-def _shared_input(root, classes: dict, trace: Trace, donated) -> bool:
-    """Whether a class of values shares memory with an input that is not donated (the caller's)."""
-    kept = set(trace.inputs) - {trace.inputs[i] for i in donated}
-    return any(var in kept for var in classes.get(root, [root]))
-
-
-def _buffer(call: Call, i: int, trace: Trace, fast: FastPath, owned: set, last: dict, classes, aliases):
+def _buffer(call: Call, i: int, trace: Trace, fast: FastPath, buffers: _Buffers):
     """The operand of `call` that may receive its result, or None."""
-    if len(call.outputs) != 1 or call.unpack or "out" in call.kwargs:
-        return None
-    if fast.with_out(call.function) is None:
+    if len(call.outputs) != 1 or call.unpack or "out" in call.kwargs or fast.with_out(call.function) is None:
         return None
     out = trace.specs.get(call.outputs[0])
     if out is None or out.kind is not fast.array_type:
         return None
     for var in call.args:
-        if not isinstance(var, Var) or var not in owned or trace.specs[var] != out:
+        if not isinstance(var, Var) or var not in buffers.owned or trace.specs[var] != out:
             continue
-        class_ = classes.get(aliases.root(var), [var])
-        if all(last.get(member, -1) <= i for member in class_) and list(call.args).count(var) == 1:
+        once = sum(arg is var for arg in call.args) == 1  # `v * v` cannot write into v
+        if once and buffers.free_after(var, i):
             return var
     return None
 

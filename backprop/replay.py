@@ -6,9 +6,15 @@ verify and replay.
 
 from __future__ import annotations
 
+import warnings
+
 from backprop.backend import copy_array, namespace_of
 from backprop.optimize import optimize
 from backprop.trace import Program, trace
+
+
+class CaptureWarning(UserWarning):
+    """A step could not be captured (or its replay did not match): it runs eagerly instead."""
 
 
 class NumberTable:
@@ -81,7 +87,11 @@ class TracedReplay:
             p.xp = namespace_of(p.data)
         if optimized:
             state = range(layout.params, layout.state)  # the optimizer's: each step returns new ones
-            program = Program(optimize(program.trace, entry.fast_path(), donated=state))
+            try:
+                program = Program(optimize(program.trace, entry.fast_path(), donated=state))
+            except Exception as error:  # a pass that cannot handle this step: replay it as recorded
+                message = f"TrainStep replays the step as recorded, not optimized ({type(error).__name__}: {error})"
+                warnings.warn(message, CaptureWarning, stacklevel=4)
         mode = "jit" if entry.capture == "jit" else "traced"
         return cls(function, program, layout, numbers, mode, entry.compile), (loss, out)
 

@@ -44,7 +44,10 @@ reads array values in Python or draws random numbers on the host (Dropout in tra
 cannot be captured: TrainStep warns, says why, and runs eagerly.
 
 On CuPy the arrays a replay returns (loss, outputs, gradients) are the graph's own buffers, which
-the next call overwrites, as with torch.cuda.graph: copy them to keep them.
+the next call overwrites, as with torch.cuda.graph: copy them to keep them. A replay updates the
+parameters, and on NumPy the optimizer's state, in place (as PyTorch's optimizers do): a replay
+that raises part-way (an interrupt, a floating-point error under `np.errstate(all="raise")`) is
+not counted as a step, but may leave them part-updated.
 
 >>> import backprop as bp
 >>> bp.manual_seed(0)
@@ -68,15 +71,11 @@ from backprop import changes
 from backprop.backend import copy_array, get_rng_state, namespace_of, set_rng_state, to_numpy
 from backprop.backends import backend_of
 from backprop.nn import structure, structure_difference
-from backprop.replay import GraphReplay, NumberTable, ScanReplay, TracedReplay
+from backprop.replay import CaptureWarning, GraphReplay, NumberTable, ScanReplay, TracedReplay
 from backprop.tensor import Tensor, is_grad_enabled
 
 MAX_CAPTURES = 8  # input shapes (and settings) captured per TrainStep; further ones run eagerly
 MAX_REPLANS = 4  # plans made anew without a replay in between, before a step stops capturing
-
-
-class CaptureWarning(UserWarning):
-    """A step could not be captured (or its replay did not match): it runs eagerly instead."""
 
 
 class Layout:
@@ -315,7 +314,7 @@ class TrainStep:
             steps = function.optimizer.steps
             try:
                 loss, out = replay(x, y, state)
-            except BaseException:  # nothing was written back: the step did not happen, so it is not counted
+            except BaseException:  # the step did not finish, so it is not counted (what it wrote in place stays)
                 function.optimizer.steps = steps
                 raise
             self.mode, self._state, self._replans, self._last = replay.mode, function.installed, 0, replay
@@ -360,7 +359,7 @@ class TrainStep:
         steps = function.optimizer.steps
         try:
             losses, outs = many(xs, ys, function.state())  # _scan has run the guard
-        except BaseException:  # nothing was written back: no step happened
+        except BaseException:  # the steps did not finish, so they are not counted
             function.optimizer.steps = steps
             raise
         self.mode, self._state, self._last = many.mode, function.installed, many.replay
@@ -390,6 +389,9 @@ class TrainStep:
             together = [*function.state(), *function.grads(), losses, outs]
         except Exception as error:
             together = f"they failed as one call: {error}"
+        except BaseException:  # an interrupt (while XLA compiles, say): no step happened
+            function.restore(snapshot)
+            raise
         function.restore(snapshot)
         self._state = None  # restored: the state is not what the guard saw last
         losses, outs = self._one_by_one(pairs)

@@ -131,7 +131,8 @@ def _correct(xp, out, target):
 
 def _pair(data, what: str, dtype=None):
     """`data` = (inputs, targets) as host arrays, or a ConfigError naming `what`; with `dtype`
-    (the model's), numeric inputs and floating targets cast to it, as `model(x)` casts a host array."""
+    (the model's, a floating one), floating inputs and targets cast to it (float32 data for a
+    float64 model, say: backends other than NumPy refuse to mix them)."""
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise ConfigError(f"{what} must be (inputs, targets) or a Batches, got {type(data).__name__}")
     inputs, targets = _host(data[0]), _host(data[1])
@@ -141,8 +142,8 @@ def _pair(data, what: str, dtype=None):
         raise ConfigError(f"{what} has {len(inputs)} inputs but {len(targets)} targets")
     if len(inputs) == 0:
         raise ConfigError(f"{what} is empty (0 samples)")
-    if dtype is not None:
-        inputs = inputs.astype(dtype, copy=False) if inputs.dtype.kind in "biuf" else inputs
+    if dtype is not None and np.dtype(dtype).kind == "f":  # integer inputs (ids, say) stay integers
+        inputs = inputs.astype(dtype, copy=False) if inputs.dtype.kind == "f" else inputs
         targets = targets.astype(dtype, copy=False) if targets.dtype.kind == "f" else targets
     return inputs, targets
 

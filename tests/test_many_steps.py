@@ -155,3 +155,35 @@ def test_run_many_keeps_each_steps_results_where_replays_hand_out_buffers(backen
     assert "cuda-graph" in many[4], many[4]
     monkeypatch.undo()
     _assert_same(tuple(many[:4]), tuple(_run(1, optimizer)[:4]), exact=True)
+
+
+def test_an_interrupt_while_k_steps_are_checked_leaves_no_step_counted(monkeypatch):
+    def interrupted(self, step):
+        def steps(*args):
+            raise KeyboardInterrupt
+
+        return steps
+
+    monkeypatch.setattr(BackendEntry, "compile_steps", interrupted)
+    bp.manual_seed(1)
+    model = bp.nn.mlp([7, 5], None, dtype="float64")
+    adam = bp.optim.Adam(model.parameters(), lr=0.01)
+    step = bp.TrainStep(model, bp.losses.cross_entropy, adam)
+    batches = _batches(8, np.random.default_rng(0))
+    step.run_many(batches[:4])  # warm-up, record, check, replay
+    before = adam.steps, [p.numpy().copy() for p in model.parameters()]
+    with pytest.raises(KeyboardInterrupt):
+        step.run_many(batches[4:])  # the K-step call is checked here: it is interrupted
+    assert adam.steps == before[0]
+    for p, kept in zip(model.parameters(), before[1], strict=True):
+        np.testing.assert_array_equal(p.numpy(), kept)
+
+
+def test_fit_casts_floating_data_to_the_models_dtype_and_leaves_integers_alone():
+    from backprop.train import _pair
+
+    x32, ids = np.ones((4, 2), dtype=np.float32), np.arange(4)
+    inputs, targets = _pair((x32, np.ones(4, dtype=np.float32)), "the data", "float64")
+    assert inputs.dtype == np.float64 and targets.dtype == np.float64
+    inputs, targets = _pair((ids, ids), "the data", "float64")  # token ids, class labels
+    assert inputs.dtype == ids.dtype and targets.dtype == ids.dtype
