@@ -196,11 +196,11 @@ class BackendEntry:
         raise NotImplementedError(f"backend {self.name!r} has no device graphs (its capture is {self.capture!r})")
 
     def compile_steps(self, step):
-        """Several steps as one compiled call (`compiles_steps`), or None (then they run one by one). `step(state,
-        numbers, x, y) -> (state, grads, loss, out)` is one step; the result is called as
-        `(state, grads, numbers, xs, ys) -> (state, grads, losses, outs)`, with a leading axis of
-        K on numbers, xs, ys, losses and outs, and grads carried from step to step."""
-        return None
+        """Several steps as one compiled call, where `compiles_steps` (else they run one by one).
+        `step(state, numbers, x, y) -> (state, grads, loss, out)` is one step; the result is
+        called as `(state, grads, numbers, xs, ys) -> (state, grads, losses, outs)`, with a leading
+        axis of K on numbers, xs, ys, losses and outs, and grads carried from step to step."""
+        raise NotImplementedError(f"backend {self.name!r} does not compile several steps as one")
 
     def fast_path(self):
         """What a traced replay may use beyond the standard here (a `backprop.optimize.FastPath`:

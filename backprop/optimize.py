@@ -386,12 +386,9 @@ def _handed_out(trace: Trace) -> set:
 
 
 def _last_uses(trace: Trace, donated=()) -> dict:
-    """{var: index of the last call that uses it}; returned values and the inputs that are not
-    `donated` count as used after the last call."""
-    last = {}
-    for i, call in enumerate(trace.calls):
-        for var in _vars_in((call.args, call.kwargs, call.outputs)):
-            last[var] = i
+    """`trace.last_uses()`, with returned values and the inputs that are not `donated` counted as
+    used after the last call."""
+    last = trace.last_uses()
     kept = [var for i, var in enumerate(trace.inputs) if i not in donated]
     for var in (*kept, *_vars_in(trace.outputs)):
         last[var] = len(trace.calls)

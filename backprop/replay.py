@@ -121,8 +121,8 @@ class ScanReplay:
 
     mode = "jit-scan"
 
-    def __init__(self, replay: TracedReplay, k: int, compile_steps):
-        self.replay, self.k, self.verified = replay, k, False
+    def __init__(self, replay: TracedReplay, key, k: int, compile_steps):
+        self.replay, self.key, self.k, self.verified = replay, key, k, False
         layout, program = replay.layout, replay.source
         gradients = program.trace.outputs[layout.state : layout.state + layout.params]
         self._has_grad = [g is not None for g in gradients]  # a frozen parameter's is None

@@ -371,19 +371,19 @@ class TrainStep:
         if not self.capture or not is_grad_enabled() or len(pairs) < 2:
             return None
         entry = backend_of(self.function.xp)
+        if not entry.compiles_steps:
+            return None
         self._checked_state()
         key = (self.function.key(*pairs[0]), len(pairs))
         replay = self._captures.get(key[0])
         if key not in self._many and isinstance(replay, TracedReplay) and replay.verified:
-            many = ScanReplay(replay, len(pairs), entry.compile_steps)
-            self._many[key] = many if many.program is not None else None
+            self._many[key] = ScanReplay(replay, key, len(pairs), entry.compile_steps)
         return self._many.get(key)
 
     def _verify_many(self, many, pairs, xs, ys):
         """Run the K steps as one call, undo them, and run them one by one: both must agree (once)."""
         function = self.function
         snapshot = function.snapshot()
-        key = (function.key(*pairs[0]), len(pairs))
         try:
             losses, outs = many(xs, ys)
             together = [*function.state(), *function.grads(), losses, outs]
@@ -401,7 +401,7 @@ class TrainStep:
         if together is None:
             many.verified = True
         else:
-            self._many[key] = None
+            self._many[many.key] = None
             warnings.warn(
                 f"TrainStep runs these {len(pairs)} steps one by one: {together}", CaptureWarning, stacklevel=3
             )

@@ -126,13 +126,18 @@ class Trace:
         self.constants: dict = {} if constants is None else constants
         self.identities: dict = {} if identities is None else identities
 
-    def deaths(self) -> list[list]:
-        """For each call, the intermediates no later call uses and the trace does not return:
-        a replay may free them right after it (as the eager engine frees its graph)."""
+    def last_uses(self) -> dict:
+        """{Var: the index of the last call that names it} (inputs and returned values too)."""
         last = {}
         for i, call in enumerate(self.calls):
             for var in _vars_in((call.args, call.kwargs, call.outputs)):
                 last[var] = i
+        return last
+
+    def deaths(self) -> list[list]:
+        """For each call, the intermediates no later call uses and the trace does not return:
+        a replay may free them right after it (as the eager engine frees its graph)."""
+        last = self.last_uses()
         for var in (*self.inputs, *_vars_in(self.outputs)):
             last.pop(var, None)
         dying = [[] for _ in self.calls]

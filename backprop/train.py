@@ -281,8 +281,7 @@ class _Tally:
         self.loss, self.correct, self.count = 0.0, 0, 0
         self.narrow = getattr(xp, "float16", None)
         self.copies = backend_of(xp).capture == "cuda-graph"
-        self.losses, self.sizes, self.outs, self.targets = [], [], [], []
-        self.stacked, self.stacked_sizes = [], []  # losses of several steps, one array each (run_many)
+        self._clear()
 
     def add(self, loss, out, targets) -> None:
         if self.copies:
@@ -322,8 +321,12 @@ class _Tally:
         if self.accuracy:
             out, targets = xp.concat(self.outs, axis=0), xp.concat(self.targets, axis=0)
             self.correct = self.correct + _correct(xp, out, targets)
+        self._clear()
+
+    def _clear(self) -> None:
+        """Nothing kept: the sums so far hold every step flushed."""
         self.losses, self.sizes, self.outs, self.targets = [], [], [], []
-        self.stacked, self.stacked_sizes = [], []
+        self.stacked, self.stacked_sizes = [], []  # losses of several steps, one array each (run_many)
 
     def record(self, reduce_sums=None) -> dict:
         """The mean loss (and accuracy); `reduce_sums` adds up the sums of every rank first."""

@@ -42,10 +42,6 @@ JAX_JIT = "jax.jit (hand-written)"
 PER_CALL = 100  # S's steps per call of a backend that compiles several steps as one (JAX)
 
 
-def _per_call(name: str) -> str:
-    return f"{name[:-1]}, {PER_CALL} steps a call)"
-
-
 @dataclass
 class Device:
     """Where a suite runs: backprop's backends there, the peers' names, how to wait for the device."""
@@ -57,9 +53,10 @@ class Device:
     sync: object = None  # waits for queued device work (GPU); None on the CPU
     gpu: str | None = None  # the GPU's description, for the results
 
-    def ours(self, label: str | None = None, captured: bool = False) -> str:
+    def ours(self, label: str | None = None, captured: bool = False, per_call: int = 1) -> str:
         label = label or self.backends[0][0]
-        return f"backprop ({label}, captured)" if captured else f"backprop ({label})"
+        how = (", captured" if captured else "") + (f", {per_call} steps a call" if per_call > 1 else "")
+        return f"backprop ({label}{how})"
 
     @property
     def floor(self) -> str:
@@ -147,7 +144,7 @@ def targets(config: str, dev: Device) -> list[Target]:
     jax_captured = dev.ours("jax", captured=True)  # checked where both ran: JAX backend, all threads
     jax_text = f"{jax_captured} within 1.05x of the hand-written jax.jit step"
     jax_target = Target(jax_text, jax_captured, JAX_JIT, 1.05, at_most=True)
-    jax_many = _per_call(jax_captured)
+    jax_many = dev.ours("jax", captured=True, per_call=PER_CALL)
     jax_many_target = Target(f"{jax_many} within 0.85x of the NumPy floor", jax_many, dev.floor, 0.85, at_most=True)
     return {
         "S": [
@@ -335,7 +332,7 @@ def config_s(dev: Device, dtype: str, steps: int) -> Config:
     for label, backend, where in dev.backends:  # K steps a call where a backend compiles them as one
         if BACKENDS[backend].compiles_steps and steps % PER_CALL == 0:
             candidate = _backprop(net, params, batches, backend, where, True, dev.sync, epoch, PER_CALL)
-            candidates[_per_call(dev.ours(label, captured=True))] = candidate
+            candidates[dev.ours(label, captured=True, per_call=PER_CALL)] = candidate
     if dev.name == "cpu":  # the loop runs a tenth of the steps, scaled up
         loop = _array_peer(peers.sigmoid_loop_step, params, batches[: steps // 10], net.lr, np, None, epoch * 10, True)
         candidates[LOOP] = loop

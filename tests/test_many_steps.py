@@ -81,6 +81,7 @@ def test_the_multi_step_protocol_on_every_backend(backend, monkeypatch):
     """What JAX compiles (ScanReplay: stacked numbers, carried gradients, stacked results), run as
     a Python loop on this backend: the same numbers as single steps."""
     monkeypatch.setattr(type(BACKENDS[backend]), "compile_steps", lambda self, step: _python_scan(step))
+    monkeypatch.setattr(type(BACKENDS[backend]), "compiles_steps", True)
     optimizer, hooks = OPTIMIZERS["adam"]
     many = _run(4, optimizer, hooks)
     assert many[4][-1] == "jit-scan", many[4]
@@ -93,6 +94,7 @@ def test_steps_that_differ_as_one_call_run_one_by_one_with_a_warning(monkeypatch
         return lambda state, grads, numbers, xs, ys: steps(state, grads, numbers, xs * 1.5, ys)
 
     monkeypatch.setattr(BackendEntry, "compile_steps", wrong)
+    monkeypatch.setattr(BackendEntry, "compiles_steps", True)
     optimizer, _ = OPTIMIZERS["adam"]
     with pytest.warns(bp.CaptureWarning, match="4 steps one by one: they differ from single steps"):
         many = _run(4, optimizer)
@@ -165,6 +167,7 @@ def test_an_interrupt_while_k_steps_are_checked_leaves_no_step_counted(monkeypat
         return steps
 
     monkeypatch.setattr(BackendEntry, "compile_steps", interrupted)
+    monkeypatch.setattr(BackendEntry, "compiles_steps", True)
     bp.manual_seed(1)
     model = bp.nn.mlp([7, 5], None, dtype="float64")
     adam = bp.optim.Adam(model.parameters(), lr=0.01)

@@ -150,7 +150,8 @@ def _optimized(f, host, *passes, fast=True, donated=()):
     optimized = Program(record)
     inputs = [np.array(h) for h in host]
     _same(optimized(*inputs), program(*[np.array(h) for h in host]))
-    _same(inputs, host) if not donated else None
+    if not donated:
+        _same(inputs, host)
     return optimized.source.splitlines()[1:]
 
 
