@@ -97,14 +97,14 @@ def _pure(call: Call) -> bool:
     indexing and attributes. In-place operators, writes, backend helpers and external calls are not."""
     function = call.function
     if call.name:
-        return call.name.startswith("xp_")
+        return bool(call.standard)
     return function in _INFIX or function in _UNARY or function in _ATTRIBUTES or function is operator.getitem
 
 
 def _fresh(call: Call) -> bool:
     """A pure call whose results are new arrays, never views of its arguments."""
     if call.name:
-        name = call.name[3:] if call.name.startswith("xp_") else ""
+        name = call.standard
         return name in _FRESH or (name == "astype" and call.kwargs.get("copy", True) is not False)
     return call.function in _INFIX or call.function in _UNARY
 
@@ -282,7 +282,7 @@ def lower_reductions(trace: Trace, fast: FastPath) -> Trace:
     computation with fewer layers around it (real floating inputs; no dtype argument)."""
     calls = []
     for call in trace.calls:
-        lowered = fast.reduction(call.function) if call.name.startswith("xp_") else None
+        lowered = fast.reduction(call.function) if call.standard else None
         arg = call.args[0] if len(call.args) == 1 else None  # one array, and no dtype or out
         spec = trace.specs.get(arg) if isinstance(arg, Var) else None
         plain = set(call.kwargs) <= {"axis", "keepdims"}

@@ -24,7 +24,7 @@ class NumberTable:
         self.names = sorted(numbers)
         self.dtypes = list({p.data.dtype: p for p in params})
         self.xp, self.device = xp, params[0].device
-        self._values, self._arrays = None, None
+        self._numbers, self._arrays = None, None  # the last numbers given, and their arrays
 
     def __len__(self) -> int:
         return len(self.names) * len(self.dtypes)
@@ -35,10 +35,9 @@ class NumberTable:
 
     def arrays(self, numbers: dict) -> list:
         """This step's numbers as arrays (the last ones again when nothing changed)."""
-        values = self.values(numbers)
-        if values != self._values:
-            self._arrays = self._as_arrays(values)
-            self._values = values
+        if numbers != self._numbers:
+            self._arrays = self._as_arrays(self.values(numbers))
+            self._numbers = dict(numbers)
         return self._arrays
 
     def stacked(self, steps: list) -> list:
@@ -96,12 +95,12 @@ class TracedReplay:
         return cls(function, program, layout, numbers, mode, entry.compile), (loss, out)
 
     def __call__(self, x, y, state: list | None = None):
-        function = self.function
+        function, layout = self.function, self.layout
         numbers = function.optimizer.start_step()
-        for p in function.params:  # the old gradients go before the new ones are made, as in an eager step
-            p.grad = None
+        if layout.grads:  # the old gradients go before the new ones are made, as in an eager step
+            for p in function.params:
+                p.grad = None
         state = function.state() if state is None else state
-        layout = self.layout
         if layout.optimizer_state:
             owned = state[layout.params : layout.state]
             if len(owned) != len(self._returned) or any(a is not b for a, b in zip(owned, self._returned, strict=True)):
@@ -124,7 +123,7 @@ class ScanReplay:
     def __init__(self, replay: TracedReplay, key, k: int, compile_steps):
         self.replay, self.key, self.k, self.verified = replay, key, k, False
         layout, program = replay.layout, replay.source
-        gradients = program.trace.outputs[layout.state : layout.state + layout.params]
+        gradients = layout.split_outputs(program.trace.outputs)[1]
         self._has_grad = [g is not None for g in gradients]  # a frozen parameter's is None
         self._zeros = None
 
@@ -147,7 +146,7 @@ class ScanReplay:
             ]
         layout = self.replay.layout
         state, grads, losses, outs = self.program(state, self._zeros, self.replay.numbers.stacked(numbers), xs, ys)
-        return function.take_outputs(layout, [*state, *grads, losses, outs])
+        return function.take_outputs(layout, layout.outputs(state, grads, losses, outs))
 
 
 class GraphReplay:

@@ -83,11 +83,15 @@ class Layout:
 
     inputs   [*state, *numbers, x, y]            state = [*parameters, *optimizer state]
     outputs  [*state, *gradients, loss, out]     one gradient (or None) per parameter
+
+    Without `grads` the outputs hold no gradients (a step that does not keep them): `outputs`
+    leaves them out and `split_outputs` gives None for each.
     """
 
-    def __init__(self, params: int, optimizer_state: int, numbers: int):
+    def __init__(self, params: int, optimizer_state: int, numbers: int, grads: bool = True):
         self.params, self.optimizer_state, self.numbers = params, optimizer_state, numbers
         self.state = params + optimizer_state
+        self.grads = params if grads else 0  # gradients among the outputs
 
     def inputs(self, state: list, numbers: list, x, y) -> list:
         if len(state) != self.state or len(numbers) != self.numbers:
@@ -103,14 +107,15 @@ class Layout:
     def outputs(self, state: list, grads: list, loss, out) -> list:
         _check_count("state arrays", state, self.state)
         _check_count("gradients", grads, self.params)
-        return [*state, *grads, loss, out]
+        return [*state, *grads, loss, out] if self.grads else [*state, loss, out]
 
     def split_outputs(self, arrays) -> tuple:
         """(state, gradients, loss, out) of a list made by `outputs`."""
-        state = self.state
-        if len(arrays) != state + self.params + 2:
-            _check_count("step outputs", arrays, state + self.params + 2)
-        return arrays[:state], arrays[state : state + self.params], arrays[-2], arrays[-1]
+        state, grads = self.state, self.grads
+        if len(arrays) != state + grads + 2:
+            _check_count("step outputs", arrays, state + grads + 2)
+        gradients = arrays[state : state + grads] if grads else [None] * self.params
+        return arrays[:state], gradients, arrays[-2], arrays[-1]
 
 
 def _check_count(what: str, arrays, expected: int) -> None:
@@ -122,11 +127,12 @@ class StepFunction:
     """The step protocol for one model, loss, optimizer and list of gradient hooks, on arrays.
 
     `params` are the model's parameters and any other parameters the optimizer holds, each once.
+    Without `keep_grads` a step leaves no gradients behind (`.grad` is None after it).
     """
 
-    def __init__(self, model, loss, optimizer, gradient_hooks=()):
+    def __init__(self, model, loss, optimizer, gradient_hooks=(), keep_grads: bool = True):
         self.model, self.loss, self.optimizer = model, loss, optimizer
-        self.gradient_hooks = list(gradient_hooks)
+        self.gradient_hooks, self.keep_grads = list(gradient_hooks), keep_grads
         # a loss or hook that names the Python numbers it reads in `hyperparameters`
         self._with_numbers = [f for f in (loss, *self.gradient_hooks) if getattr(f, "hyperparameters", ())]
         self.params = list({id(p): p for p in [*model.parameters(), *optimizer.params]}.values())
@@ -170,15 +176,15 @@ class StepFunction:
         """Make a replay's outputs (laid out by `layout`) the current state and gradients; its
         (loss, outputs)."""
         state, grads, loss, out = layout.split_outputs(outputs)
-        for i, p in enumerate(self.params):
-            p.data, p.grad = state[i], grads[i]
+        for p, array, grad in zip(self.params, state, grads, strict=False):  # state: then the optimizer's
+            p.data, p.grad = array, grad
         if layout.optimizer_state:
             self.optimizer.load_state_arrays(state[layout.params :])
         self.installed = state
         return loss, out
 
     def layout(self, numbers: int) -> Layout:
-        return Layout(len(self.params), len(self.optimizer.state_arrays()), numbers)
+        return Layout(len(self.params), len(self.optimizer.state_arrays()), numbers, self.keep_grads)
 
     def snapshot(self):
         """Copies of everything a step changes (and the host random state), for `restore`."""
@@ -222,6 +228,9 @@ class StepFunction:
     def eager(self, x, y):
         """One whole step (protocol steps 1 to 4): the loss and outputs (arrays)."""
         loss, out = self.run(x, y)
+        if not self.keep_grads:
+            for p in self.params:
+                p.grad = None
         return loss.data, out.data
 
     def body(self, layout: Layout, numbers: NumberTable):
@@ -268,10 +277,18 @@ class TrainStep:
     how the last call ran: "eager", "traced", "jit" (JAX) or "cuda-graph" (CuPy). `optimize=False`
     replays the step as recorded, without backprop.optimize's passes; `program` is the program the
     last call replayed (print it to read the step), or None.
+
+    `keep_grads=False` leaves no gradients behind (each parameter's `.grad` is None after a step,
+    as in `fit`, which reads only the loss and outputs): a captured step then does not return
+    them, so its program may update in the gradients' place, and a compiled one (JAX)
+    materializes fewer arrays.
     """
 
-    def __init__(self, model, loss, optimizer, capture: bool = True, gradient_hooks=(), optimize: bool = True):
-        self.function = StepFunction(model, loss, optimizer, gradient_hooks)
+    def __init__(
+        self, model, loss, optimizer, capture: bool = True, gradient_hooks=(), optimize: bool = True,
+        keep_grads: bool = True,
+    ):  # fmt: skip
+        self.function = StepFunction(model, loss, optimizer, gradient_hooks, keep_grads)
         self.capture, self.optimize = capture, optimize
         self.mode = "eager"
         self._last = None  # the capture the last call replayed
@@ -294,7 +311,7 @@ class TrainStep:
         """A new model, loss or optimizer: a new step function, and nothing captured for the old one."""
         function = self.function
         parts = {"model": function.model, "loss": function.loss, "optimizer": function.optimizer, **change}
-        self.function = StepFunction(**parts, gradient_hooks=function.gradient_hooks)
+        self.function = StepFunction(**parts, gradient_hooks=function.gradient_hooks, keep_grads=function.keep_grads)
         self._captures.clear()
         self._many.clear()
         self._warmed.clear()

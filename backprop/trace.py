@@ -86,7 +86,9 @@ class Call:
     keys). A call that returns several arrays has `unpack` set and one output each; an in-place
     operator (`a -= b`) outputs the Var it rebinds; a write (`a[k] = b`) outputs nothing. `name`
     is the global through which the generated source calls `function` ("" for Python syntax:
-    operators, indexing, attributes).
+    operators, indexing, attributes). `standard` names the array API function the call computes
+    (a namespace call, or a library's own form of one that a pass put in its place), "" for any
+    other call (operators, backend helpers, external calls, writes).
     """
 
     function: Any
@@ -95,6 +97,7 @@ class Call:
     outputs: tuple
     name: str = ""
     unpack: bool = False
+    standard: str = ""
 
 
 @dataclass(frozen=True)
@@ -329,20 +332,21 @@ class _Recorder:
         self.identities: dict = {}  # outputs that are the very array a call was given
         self._count = 0
 
-    def record(self, function, args: tuple, kwargs: dict, value, name: str = ""):
+    def record(self, function, args: tuple, kwargs: dict, value, name: str = "", standard: str = ""):
         """Append the call that computed `value` (an array, or a tuple or list of arrays); the
-        stand-in(s) for `value`."""
+        stand-in(s) for `value`. `name` and `standard` are the Call's."""
         arguments, keywords = self.argument(args), {k: self.argument(v) for k, v in kwargs.items()}
         if isinstance(value, (tuple, list)) and value and all(_is_array(v) for v in value):
             outs = type(value)(self._traced(v) for v in value)
-            self.calls.append(Call(function, arguments, keywords, tuple(o.var for o in outs), name, unpack=True))
+            outputs = tuple(o.var for o in outs)
+            self.calls.append(Call(function, arguments, keywords, outputs, name, unpack=True, standard=standard))
             self._note(arguments, keywords, outs, [])
             return outs
         if not _is_array(value):
             what = name or getattr(function, "__name__", function)
             raise TraceError(f"{what} gave {a(type(value).__name__)}, not an array")
         out = self._traced(value)
-        self.calls.append(Call(function, arguments, keywords, (out.var,), name))
+        self.calls.append(Call(function, arguments, keywords, (out.var,), name, standard=standard))
         self._note(arguments, keywords, [out], args)
         return out
 
@@ -494,19 +498,20 @@ class _Namespace:
         real = getattr(self._recorder.xp, name)
         if not callable(real) or isinstance(real, type):  # dtypes, constants, classes
             return real
-        call = _recorded(self._recorder, "xp_" + name, real)
+        call = _recorded(self._recorder, "xp_" + name, real, standard=name)
         setattr(self, name, call)  # looked up once per name
         return call
 
 
-def _recorded(recorder: _Recorder, name: str, real):
-    """`real`, run on concrete values and recorded (as a call of the global `name`) when it gives arrays."""
+def _recorded(recorder: _Recorder, name: str, real, standard: str = ""):
+    """`real`, run on concrete values and recorded (as a call of the global `name`) when it gives
+    arrays; `standard`: the array API function it is, if any."""
 
     def call(*args, **kwargs):
         value = real(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()})
         if not (_is_array(value) or (isinstance(value, (tuple, list)) and value and _is_array(value[0]))):
             return value
-        return recorder.record(real, args, kwargs, value, name)
+        return recorder.record(real, args, kwargs, value, name, standard)
 
     return call
 

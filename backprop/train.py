@@ -540,7 +540,7 @@ def fit(
     all_reduce = distributed.AllReduce(ranks)
     hooks = [*([all_reduce] if ranks.size > 1 else []), *gradient_hooks]  # average first, then clip
     model.train()
-    step = TrainStep(model, loss, optimizer, capture=capture, gradient_hooks=hooks)
+    step = TrainStep(model, loss, optimizer, capture=capture, gradient_hooks=hooks, keep_grads=False)
     for epoch in range(start, epochs + 1):
         began = time.perf_counter()
         shown = verbose if ranks.is_main else 0

@@ -201,14 +201,16 @@ def _mnist_or_synthetic(n: int, dtype: str):
 
 
 def _backprop(net: Net, params, batches, backend, where, capture: bool, sync, scale=1.0, per_call=1) -> Candidate:
-    """backprop's training step (TrainStep, eager or captured) over `batches` on one backend;
+    """backprop's training step (TrainStep, eager or captured) over `batches` on one backend, as
+    `fit` runs it (no gradients kept after a step: the hand-written peers keep none either);
     `per_call` batches to a call (`TrainStep.run_many`, as fit's steps_per_execution)."""
     with bp.use_backend(backend, where):
         model = bp.nn.mlp(list(net.sizes), net.activation, net.output, dtype=net.dtype)
         model.load_state_dict({name: p for (name, _), p in zip(model.named_parameters(), params, strict=True)})
         be = bp.get_backend()
         data = [(be.asarray(x), be.asarray(y)) for x, y in batches]
-    step = bp.TrainStep(model, bp.losses.LOSSES[net.loss], bp.optim.SGD(model.parameters(), lr=net.lr), capture)
+    optimizer = bp.optim.SGD(model.parameters(), lr=net.lr)
+    step = bp.TrainStep(model, bp.losses.LOSSES[net.loss], optimizer, capture, keep_grads=False)
 
     def run():
         if per_call > 1:

@@ -17,11 +17,12 @@ def _batches(count, rng, shape=(8, 7)):
     return [(be.asarray(rng.standard_normal(shape)), be.asarray(rng.integers(0, 5, shape[0]))) for _ in range(count)]
 
 
-def _run(per_call: int, optimizer, hooks=(), count: int = 24):
-    """Losses, outputs and parameters after `count` steps taken `per_call` at a time (float64)."""
+def _run(per_call: int, optimizer, hooks=(), count: int = 24, keep_grads: bool = True):
+    """Losses, outputs, parameters and gradients after `count` steps taken `per_call` at a time (float64)."""
     bp.manual_seed(1)
     model = bp.nn.mlp([7, 6, 5], "tanh", dtype="float64")
-    step = bp.TrainStep(model, bp.losses.cross_entropy, optimizer(model.parameters()), gradient_hooks=hooks)
+    optimizer = optimizer(model.parameters())
+    step = bp.TrainStep(model, bp.losses.cross_entropy, optimizer, gradient_hooks=hooks, keep_grads=keep_grads)
     batches = _batches(count, np.random.default_rng(0))
     losses, outs, modes = [], [], []
     for i in range(0, count, per_call):
@@ -32,7 +33,7 @@ def _run(per_call: int, optimizer, hooks=(), count: int = 24):
         losses.append(loss)
         outs.append(out)
         modes.append(step.mode)
-    grads = [bp.to_numpy(p.grad) for p in model.parameters()]
+    grads = [None if p.grad is None else bp.to_numpy(p.grad) for p in model.parameters()]
     return np.concatenate(losses), np.concatenate(outs), [p.numpy() for p in model.parameters()], grads, modes
 
 
@@ -59,6 +60,18 @@ def test_run_many_gives_what_single_steps_give(backend, name):
     one = _run(1, optimizer, hooks)
     compiled = BACKENDS[backend].compiles_steps
     _assert_same(tuple(many[:4]), tuple(one[:4]), exact=not compiled)
+    assert ("jit-scan" in many[4]) == compiled, many[4]
+
+
+def test_k_steps_that_keep_no_gradients_carry_none_and_give_what_single_steps_give(backend):
+    optimizer, hooks = OPTIMIZERS["momentum-clipped"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", bp.CaptureWarning)
+        many = _run(4, optimizer, hooks, keep_grads=False)
+    one = _run(1, optimizer, hooks)
+    compiled = BACKENDS[backend].compiles_steps
+    _assert_same(tuple(many[:3]) + ([],), tuple(one[:3]) + ([],), exact=not compiled)
+    assert many[3] == [None] * 4 and all(g is not None for g in one[3])
     assert ("jit-scan" in many[4]) == compiled, many[4]
 
 

@@ -72,7 +72,8 @@ def _train(backend, activation, loss, optimizer, hooks=(), **step_options):
         labels = rng.integers(0, 5, 8)
         y = bp.tensor(np.eye(5)[labels]) if loss == "quadratic" else bp.tensor(labels)
         losses.append(bp.to_numpy(step(x, y)[0]))
-    return [p.numpy() for p in model.parameters()], [bp.to_numpy(p.grad) for p in model.parameters()], losses, step
+    grads = [None if p.grad is None else bp.to_numpy(p.grad) for p in model.parameters()]
+    return [p.numpy() for p in model.parameters()], grads, losses, step
 
 
 STEPS = {
@@ -111,6 +112,19 @@ def test_the_program_of_a_step_reads_as_the_step():
     eager = bp.TrainStep(step.model, step.loss, step.optimizer, capture=False)
     eager(np.zeros((8, 7)), np.zeros((8, 5)))
     assert eager.program is None
+
+
+def test_a_step_that_keeps_no_gradients_returns_none_and_updates_in_their_place():
+    sgd = lambda ps: bp.optim.SGD(ps, lr=0.5)  # noqa: E731
+    *_, kept = _train("numpy", "sigmoid", "quadratic", sgd)
+    *_, dropped = _train("numpy", "sigmoid", "quadratic", sgd, keep_grads=False)
+    returned = lambda step: step.program.source.splitlines()[-1]  # noqa: E731
+    assert returned(kept).count("v") == 4 + 2 and returned(dropped).count("v") == 2  # gradients, loss, outputs
+    lr = f"a{len(kept.params)}"  # the first input after the parameters
+    scaled = lambda step, text: [line for line in str(step.program).splitlines() if text in line]  # noqa: E731
+    assert len(scaled(kept, f" = {lr} * v")) == 4 and not scaled(dropped, f" = {lr} * v")  # lr * g: a new array,
+    assert len(scaled(dropped, f" *= {lr}")) == 4  # or g *= lr
+    assert all(p.grad is None for p in dropped.params) and all(p.grad is not None for p in kept.params)
 
 
 def _adam_step(calls: int):
@@ -208,6 +222,17 @@ def test_lower_reductions_keeps_the_standards_meaning_of_no_axis():
         "    v1 = add_reduce(a0, axis=0)",
         "    v2 = maximum_reduce(a0, axis=-1, keepdims=True)",
     ]
+
+
+def test_a_lowered_reduction_is_still_a_pure_call_with_a_new_result():
+    def f(a, b):
+        xp = a.__array_namespace__()
+        s = xp.sum(a * 2.0, axis=0)  # lowered: a new array, so the product may be written into it
+        return [s * b, a]
+
+    passes = (opt.lower_reductions, opt.reuse_buffers)
+    lines = _optimized(f, [np.arange(6.0).reshape(2, 3) + 0.5, np.linspace(1.0, 2.0, 3)], *passes)
+    assert "    v1 = add_reduce(v0, axis=0); del v0" in lines and "    v1 *= a1" in lines, lines
 
 
 def test_scalars_as_arrays_keeps_the_dtype_and_leaves_integers_alone():

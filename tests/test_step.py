@@ -71,6 +71,30 @@ def test_captured_steps_equal_eager_steps(backend, optimizer, loss):
     assert set(captured[2][4:]) & CAPTURED_MODES, f"never replayed a capture: {captured[2]}"
 
 
+@pytest.mark.parametrize("capture", [True, False])
+def test_a_step_that_keeps_no_gradients_trains_the_same_and_leaves_none(backend, capture):
+    """`keep_grads=False` (fit's steps): the same training, and no `.grad` after any step, whether
+    it warmed up, recorded, checked or replayed."""
+
+    def train(keep_grads):
+        bp.manual_seed(3)
+        model = bp.nn.mlp([6, 5, 4], "tanh", dtype="float64")
+        opt = OPTIMIZERS["adam"](model.parameters())
+        step = bp.TrainStep(model, bp.losses.cross_entropy, opt, capture=capture, keep_grads=keep_grads)
+        modes = []
+        for x, y in _batches("cross_entropy"):
+            value, _ = step(x, y)
+            modes.append(step.mode)
+            assert all((p.grad is None) != keep_grads for p in model.parameters()), (step.mode, keep_grads)
+        return [p.numpy() for p in model.parameters()], float(bp.to_numpy(value)), modes
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", bp.CaptureWarning)
+        dropped = train(False)
+    _assert_same_training(dropped, train(True))
+    assert bool(set(dropped[2]) & CAPTURED_MODES) == capture, dropped[2]
+
+
 def test_capture_order_warm_up_record_verify_replay():
     # SGD without momentum has no state: call 1 warms up, 2 records, 3 verifies (ends eagerly), 4 replays
     *_, modes = _train(True, "sgd", "quadratic")
@@ -348,6 +372,7 @@ def test_fit_passes_gradient_hooks_to_its_step():
         model = bp.nn.mlp([2, 8, 2], "tanh", dtype="float64")
         bp.fit(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), 0.5), (x, y), epochs=2,
                batch_size=16, verbose=0, gradient_hooks=hooks)  # fmt: skip
+        assert all(p.grad is None for p in model.parameters())  # fit's steps keep no gradients
         return [p.numpy() for p in model.parameters()]
 
     hook = _Halving()
@@ -370,6 +395,12 @@ def test_the_layout_names_every_part_and_refuses_wrong_counts():
         layout.outputs(["p0", "p1", "s0", "s1", "s2"], ["g0"], "loss", "out")
     with pytest.raises(ValueError, match="expects 9 step outputs, got 8"):
         layout.split_outputs(out[:-1])
+    without = Layout(params=2, optimizer_state=3, numbers=1, grads=False)  # a step that keeps no gradients
+    out = without.outputs(["p0", "p1", "s0", "s1", "s2"], ["g0", "g1"], "loss", "out")
+    assert out == ["p0", "p1", "s0", "s1", "s2", "loss", "out"]
+    assert without.split_outputs(out) == (["p0", "p1", "s0", "s1", "s2"], [None, None], "loss", "out")
+    with pytest.raises(ValueError, match="expects 7 step outputs, got 9"):
+        without.split_outputs(layout.outputs(["p0", "p1", "s0", "s1", "s2"], ["g0", "g1"], "loss", "out"))
 
 
 def test_a_hooks_named_numbers_join_the_capture_key():
