@@ -133,6 +133,7 @@ RULES = [
             ("step = bp.TrainStep(", "x_batch, y_batch = x[:128], y[:128]\nstep = bp.TrainStep("),
             ("bp.fit(..., capture=True)", "bp.fit(model, bp.losses.cross_entropy, opt, (x, y), 1, 128, capture=True)"),
             ("bp.TrainStep(..., gradient_hooks=", "bp.TrainStep(model, bp.losses.cross_entropy, opt, gradient_hooks="),
+            ("bp.TrainStep(..., keep_grads=", "bp.TrainStep(model, bp.losses.cross_entropy, opt, keep_grads="),
         ),
         needs_mnist=True,
     ),
