@@ -52,6 +52,7 @@ class BackendEntry:
     test_threads: tuple = (None,)  # BLAS thread counts its test sessions run at (None: all cores)
     threads_fixed: bool = False  # sizes its thread pool once, at start: thread limits do not apply
     compiles_steps: bool = False  # compile_steps makes K steps one call (TrainStep.run_many)
+    donates: bool = False  # a compiled step consumes the state arrays it is given (see `compile`)
     helpers = ("set_at", "scatter_add", "sign")  # methods that compute arrays (a trace records their calls)
 
     def __init__(self):
@@ -187,8 +188,10 @@ class BackendEntry:
 
     # --- capture (backprop.step.TrainStep) ---
 
-    def compile(self, program):
-        """A traced step program, compiled for replays (identity: replay it as Python)."""
+    def compile(self, program, donated=()):
+        """A traced step program, compiled for replays (identity: replay it as Python). Where the
+        entry `donates`, the compiled program may consume (delete) the inputs at the positions
+        `donated`, and reuse their memory for its results."""
         return program
 
     def capture_graph(self, function, inputs):
@@ -370,7 +373,7 @@ class JaxBackend(BackendEntry):
     """Immutable arrays (writes are functional `.at[]` updates); a step is compiled by `jax.jit`."""
 
     name, module, extra, distributions = "jax", "jax.numpy", "jax", ("jax",)
-    mutable, capture, default_tests, threads_fixed, compiles_steps = False, "jit", False, True, True
+    mutable, capture, default_tests, threads_fixed, compiles_steps, donates = False, "jit", False, True, True, True
 
     def load(self):
         importlib.import_module("jax").config.update("jax_enable_x64", True)  # else float64 data silently -> float32
@@ -431,10 +434,10 @@ class JaxBackend(BackendEntry):
 
         jax.block_until_ready(list(arrays))
 
-    def compile(self, program):
+    def compile(self, program, donated=()):
         import jax
 
-        return jax.jit(program)
+        return jax.jit(program, donate_argnums=tuple(donated))
 
     def compile_steps(self, step):
         import jax

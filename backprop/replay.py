@@ -6,7 +6,9 @@ verify and replay.
 
 from __future__ import annotations
 
+import operator
 import warnings
+from itertools import starmap
 
 from backprop.backend import copy_array, namespace_of
 from backprop.optimize import optimize
@@ -61,15 +63,26 @@ class NumberTable:
 class TracedReplay:
     """The step as a traced program (backprop.trace), optimized (backprop.optimize): replays skip
     the engine's Python. On JAX the program is a pure function, and XLA compiles it whole (mode
-    "jit"). `source` is the Program (print it to read the step); `program` what a replay calls."""
+    "jit"). `source` is the Program (print it to read the step); `program` what a replay calls.
+
+    The state inputs at `donated` are the replay's own: the optimizer's state, which the NumPy
+    fast path updates in place, and where the entry `donates` (JAX) the whole state, which the
+    compiled step consumes, reusing its memory for the new state. A replay gives the program only
+    arrays that the previous replay returned there: any other (after a load, an eager step, an
+    array of yours) is copied first.
+    """
 
     recording_mode = "traced"  # the call that records runs the step through the tracer
 
-    def __init__(self, function, source: Program, layout, numbers: NumberTable, mode: str, compile=lambda p: p):
+    def __init__(
+        self, function, source: Program, layout, numbers: NumberTable, mode: str, compile=lambda p, donated: p,
+        donated=range(0),
+    ):  # fmt: skip
         self.function, self.source, self.layout, self.numbers = function, source, layout, numbers
-        self.program = compile(source)
+        self.donated = donated
+        self.program = compile(source, donated)
         self.mode, self.verified = mode, False
-        self._returned: list = []  # the optimizer state the last replay returned (its own arrays)
+        self._returned: list = []  # the donated state the last replay returned (its own arrays)
 
     @classmethod
     def record(cls, function, x, y, entry, optimized: bool = True):
@@ -84,15 +97,15 @@ class TracedReplay:
         loss, out = function.take_outputs(layout, results)  # the traced call was a real step: keep it
         for p in function.params:  # real arrays again, not stand-ins
             p.xp = namespace_of(p.data)
+        donated = range(0 if entry.donates else layout.params, layout.state)  # each step returns new ones
         if optimized:
-            state = range(layout.params, layout.state)  # the optimizer's: each step returns new ones
             try:
-                program = Program(optimize(program.trace, entry.fast_path(), donated=state))
+                program = Program(optimize(program.trace, entry.fast_path(), donated=donated))
             except Exception as error:  # a pass that cannot handle this step: replay it as recorded
                 message = f"TrainStep replays the step as recorded, not optimized ({type(error).__name__}: {error})"
                 warnings.warn(message, CaptureWarning, stacklevel=4)
         mode = "jit" if entry.capture == "jit" else "traced"
-        return cls(function, program, layout, numbers, mode, entry.compile), (loss, out)
+        return cls(function, program, layout, numbers, mode, entry.compile, donated), (loss, out)
 
     def __call__(self, x, y, state: list | None = None):
         function, layout = self.function, self.layout
@@ -101,16 +114,31 @@ class TracedReplay:
             for p in function.params:
                 p.grad = None
         state = function.state() if state is None else state
-        if layout.optimizer_state:
-            owned = state[layout.params : layout.state]
-            if len(owned) != len(self._returned) or any(a is not b for a, b in zip(owned, self._returned, strict=True)):
-                # optimizer state from elsewhere (a load, an eager step): the program may update it
-                # in place, so it gets copies, never arrays a caller may still hold
-                state = [*state[: layout.params], *map(copy_array, owned)]
-        outputs = self.program(*layout.inputs(state, self.numbers.arrays(numbers), x, y))
-        if layout.optimizer_state:
-            self._returned = outputs[layout.params : layout.state]
-        return function.take_outputs(layout, outputs)
+        inputs = layout.inputs(self._owned(state), self.numbers.arrays(numbers), x, y)
+        results: list = []
+        try:
+            # called from C (starmap), so an interrupt that arrives during the call is raised once
+            # `extend` returns, with the results already kept here
+            results.extend(starmap(self.program, (inputs,)))
+            return self._take(results[0])
+        except BaseException:
+            if results:  # the step ran, and may have consumed its donated inputs: its results are the state
+                self._take(results[0])
+            raise
+
+    def _owned(self, state: list) -> list:
+        """`state`, with a copy of each donated array that the last replay did not return there."""
+        start, stop = self.donated.start, self.donated.stop
+        given, returned = state[start:stop], self._returned
+        if len(given) == len(returned) and all(map(operator.is_, given, returned)):
+            return state
+        returned = returned if len(returned) == len(given) else [None] * len(given)
+        copies = [a if a is r else copy_array(a) for a, r in zip(given, returned, strict=True)]
+        return [*state[:start], *copies, *state[stop:]]
+
+    def _take(self, outputs) -> tuple:
+        self._returned = outputs[self.donated.start : self.donated.stop]
+        return self.function.take_outputs(self.layout, outputs)
 
 
 class ScanReplay:

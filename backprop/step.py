@@ -47,7 +47,12 @@ On CuPy the arrays a replay returns (loss, outputs, gradients) are the graph's o
 the next call overwrites, as with torch.cuda.graph: copy them to keep them. A replay updates the
 parameters, and on NumPy the optimizer's state, in place (as PyTorch's optimizers do): a replay
 that raises part-way (an interrupt, a floating-point error under `np.errstate(all="raise")`) is
-not counted as a step, but may leave them part-updated.
+not counted as a step, but may leave them part-updated. On JAX a replay donates the state to XLA
+(as a `jax.jit` step with `donate_argnums` does): the parameter and optimizer-state arrays the
+last replay returned are consumed by the next one, so an array taken from a parameter between
+two replays is deleted by the second (copy it to keep it: `bp.to_numpy`); arrays that the last
+replay did not return (a load, an eager step, an array of yours) are copied first, never consumed.
+An interrupt that arrives once the compiled step has run leaves its results as the state, counted.
 
 >>> import backprop as bp
 >>> bp.manual_seed(0)
@@ -328,11 +333,12 @@ class TrainStep:
         key = function.key(x, y)
         replay = self._captures.get(key)
         if replay is not None and replay.verified:
-            steps = function.optimizer.steps
+            steps, installed = function.optimizer.steps, function.installed
             try:
                 loss, out = replay(x, y, state)
-            except BaseException:  # the step did not finish, so it is not counted (what it wrote in place stays)
-                function.optimizer.steps = steps
+            except BaseException:  # a step counts once its results are the state (what it wrote in place stays)
+                if function.installed is installed:
+                    function.optimizer.steps = steps
                 raise
             self.mode, self._state, self._replans, self._last = replay.mode, function.installed, 0, replay
             return loss, out

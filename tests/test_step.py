@@ -457,6 +457,62 @@ def test_a_step_that_raises_is_not_counted(capture):
         np.testing.assert_array_equal(got, want, strict=True)
 
 
+def _replaying_step(optimizer="adam"):
+    bp.manual_seed(2)
+    model = bp.nn.mlp([6, 5, 4], "tanh", dtype="float64")
+    step = bp.TrainStep(model, bp.losses.cross_entropy, OPTIMIZERS[optimizer](model.parameters()))
+    batches = list(_batches("cross_entropy", 8))
+    for x, y in batches[:5]:
+        step(x, y)
+    assert step.mode in CAPTURED_MODES, step.mode
+    return model, step, batches
+
+
+def test_a_replay_consumes_only_the_state_the_last_replay_returned(backend):
+    """Where the entry donates (JAX: `jax.jit` with donate_argnums), a replay consumes the arrays
+    the previous replay returned, and copies any other first: yours are never deleted."""
+    if not BACKENDS[backend].donates:
+        pytest.skip(f"{backend}'s compiled steps consume no inputs")
+    model, step, batches = _replaying_step()
+    returned = model.parameters()[0].data
+    mine = bp.get_backend().asarray(bp.to_numpy(model.parameters()[1].data) * 0.5)
+    model.parameters()[1].data = mine
+    step(*batches[5])
+    assert returned.is_deleted() and not mine.is_deleted()
+    kept = bp.to_numpy(mine)
+    step(*batches[6])  # the state the last replay returned: consumed, and the step still right
+    np.testing.assert_array_equal(bp.to_numpy(mine), kept, strict=True)
+    assert all(not p.data.is_deleted() for p in model.parameters())
+
+
+def test_an_interrupt_while_a_replay_takes_its_results_leaves_the_step_done_and_counted(backend, monkeypatch):
+    """An interrupt that arrives once the compiled step has run (and, on JAX, consumed the old
+    state) must not lose its results: they become the state, and the step counts."""
+    model, step, batches = _replaying_step()
+    reference, reference_step, _ = _replaying_step()
+    reference_step(*batches[5])
+    take, calls = step.function.take_outputs, []
+
+    def interrupted(layout, outputs):
+        calls.append(1)
+        if len(calls) == 1:  # the first parameter is taken, then the interrupt
+            model.parameters()[0].data = layout.split_outputs(outputs)[0][0]
+            raise KeyboardInterrupt
+        return take(layout, outputs)
+
+    monkeypatch.setattr(step.function, "take_outputs", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        step(*batches[5])
+    monkeypatch.undo()
+    assert len(calls) == 2 and step.optimizer.steps == reference_step.optimizer.steps
+    for got, want in zip(model.parameters(), reference.parameters(), strict=True):
+        np.testing.assert_array_equal(got.numpy(), want.numpy(), strict=True)
+    step(*batches[6])  # and training goes on
+    reference_step(*batches[6])
+    for got, want in zip(model.parameters(), reference.parameters(), strict=True):
+        np.testing.assert_array_equal(got.numpy(), want.numpy(), strict=True)
+
+
 def test_a_new_model_loss_or_optimizer_on_a_train_step_is_planned_anew():
     bp.manual_seed(0)
     model = bp.nn.mlp([3, 2], "tanh", dtype="float64")
