@@ -166,7 +166,7 @@ class Optimizer:
 
     def state_arrays(self) -> list:
         """Every state array, parameter by parameter (the order `state_names()` describes)."""
-        return [array for state in self.state for array in state.values()]
+        return [array for state in self.state if state for array in state.values()]
 
     def load_state_arrays(self, arrays) -> None:
         """Replace the state arrays by `arrays` (a list), given in the order of `state_arrays()`;

@@ -114,7 +114,9 @@ class TracedReplay:
             for p in function.params:
                 p.grad = None
         state = function.state() if state is None else state
-        inputs = layout.inputs(self._owned(state), self.numbers.arrays(numbers), x, y)
+        if self.donated:
+            state = self._owned(state)
+        inputs = layout.inputs(state, self.numbers.arrays(numbers), x, y)
         results: list = []
         try:
             # called from C (starmap), so an interrupt that arrives during the call is raised once

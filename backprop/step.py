@@ -181,8 +181,13 @@ class StepFunction:
         """Make a replay's outputs (laid out by `layout`) the current state and gradients; its
         (loss, outputs)."""
         state, grads, loss, out = layout.split_outputs(outputs)
-        for p, array, grad in zip(self.params, state, grads, strict=False):  # state: then the optimizer's
-            p.data, p.grad = array, grad
+        if layout.grads:
+            for p, array, grad in zip(self.params, state, grads, strict=False):  # state: then the optimizer's
+                p.data, p.grad = array, grad
+        else:
+            for p, array in zip(self.params, state, strict=False):
+                p.data = array
+                p.grad = None
         if layout.optimizer_state:
             self.optimizer.load_state_arrays(state[layout.params :])
         self.installed = state
