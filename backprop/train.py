@@ -507,7 +507,8 @@ def fit(
     that run: model, optimizer, random state and history, so the result equals an uninterrupted run.
     `capture=True` captures the training step and replays it (backprop.step.TrainStep): the same
     numbers, less Python per step; a step that cannot be captured warns and runs eagerly.
-    `gradient_hooks` run on the gradients between backward and the update (`bp.optim.ClipGradNorm`).
+    `gradient_hooks` run on the gradients between backward and the update (`bp.optim.ClipGradNorm`);
+    the steps keep no gradients (`.grad` is None after fit, as `TrainStep(..., keep_grads=False)`).
     `steps_per_execution` (as in Keras): batches handed to the step K at a time (`TrainStep.run_many`:
     one compiled call of K steps on JAX once captured, a loop elsewhere); the same numbers.
     `verbose` (as in Keras): 0 silent, 1 a progress bar per epoch (tqdm; without it, one line per
