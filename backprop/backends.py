@@ -437,6 +437,8 @@ class JaxBackend(BackendEntry):
     def compile(self, program, donated=()):
         import jax
 
+        if jax.config.jax_debug_nans or jax.config.jax_debug_infs:  # they run a failed call again, on its inputs
+            donated = ()
         return jax.jit(program, donate_argnums=tuple(donated))
 
     def compile_steps(self, step):

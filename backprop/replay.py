@@ -97,7 +97,7 @@ class TracedReplay:
         loss, out = function.take_outputs(layout, results)  # the traced call was a real step: keep it
         for p in function.params:  # real arrays again, not stand-ins
             p.xp = namespace_of(p.data)
-        donated = range(0 if entry.donates else layout.params, layout.state)  # each step returns new ones
+        donated = _donated(program.trace, layout, entry)
         if optimized:
             try:
                 program = Program(optimize(program.trace, entry.fast_path(), donated=donated))
@@ -116,17 +116,7 @@ class TracedReplay:
         state = function.state() if state is None else state
         if self.donated:
             state = self._owned(state)
-        inputs = layout.inputs(state, self.numbers.arrays(numbers), x, y)
-        results: list = []
-        try:
-            # called from C (starmap), so an interrupt that arrives during the call is raised once
-            # `extend` returns, with the results already kept here
-            results.extend(starmap(self.program, (inputs,)))
-            return self._take(results[0])
-        except BaseException:
-            if results:  # the step ran, and may have consumed its donated inputs: its results are the state
-                self._take(results[0])
-            raise
+        return _run_and_take(self.program, layout.inputs(state, self.numbers.arrays(numbers), x, y), self._take)
 
     def _owned(self, state: list) -> list:
         """`state`, with a copy of each donated array that the last replay did not return there."""
@@ -141,6 +131,32 @@ class TracedReplay:
     def _take(self, outputs) -> tuple:
         self._returned = outputs[self.donated.start : self.donated.stop]
         return self.function.take_outputs(self.layout, outputs)
+
+
+def _donated(trace, layout, entry) -> range:
+    """The state inputs a replay owns: the optimizer's state (each step returns new arrays, which
+    the NumPy fast path may update in place); where the entry `donates`, the whole state, unless
+    the step calls out of the array library (an external call, a host callback such as an MPI
+    all-reduce): that can fail after the compiled step consumed its inputs, so nothing is donated."""
+    if not entry.donates:
+        return range(layout.params, layout.state)
+    library_only = all(call.standard or not call.name or call.name in entry.helpers for call in trace.calls)
+    return range(0, layout.state) if library_only else range(0)
+
+
+def _run_and_take(program, inputs, take):
+    """`take(program(*inputs))`, so that an interrupt which arrives during the call, and is raised
+    once it returns, still finds its results taken: the step ran, and may have consumed donated
+    inputs. The call is made from C (starmap), so `extend` keeps its results before the interpreter
+    can raise."""
+    results: list = []
+    try:
+        results.extend(starmap(program, (inputs,)))
+        return take(results[0])
+    except BaseException:
+        if results:
+            take(results[0])
+        raise
 
 
 class ScanReplay:
@@ -175,8 +191,10 @@ class ScanReplay:
                 xp.zeros_like(p.data) if has else None for p, has in zip(function.params, self._has_grad, strict=True)
             ]
         layout = self.replay.layout
-        state, grads, losses, outs = self.program(state, self._zeros, self.replay.numbers.stacked(numbers), xs, ys)
-        return function.take_outputs(layout, layout.outputs(state, grads, losses, outs))
+        inputs = (state, self._zeros, self.replay.numbers.stacked(numbers), xs, ys)
+        return _run_and_take(
+            self.program, inputs, lambda results: function.take_outputs(layout, layout.outputs(*results))
+        )
 
 
 class GraphReplay:

@@ -51,8 +51,10 @@ not counted as a step, but may leave them part-updated. On JAX a replay donates 
 (as a `jax.jit` step with `donate_argnums` does): the parameter and optimizer-state arrays the
 last replay returned are consumed by the next one, so an array taken from a parameter between
 two replays is deleted by the second (copy it to keep it: `bp.to_numpy`); arrays that the last
-replay did not return (a load, an eager step, an array of yours) are copied first, never consumed.
-An interrupt that arrives once the compiled step has run leaves its results as the state, counted.
+replay did not return (a load, an eager step, an array of yours) are copied first, never consumed,
+and a step that calls out of the array library (a host callback: an MPI all-reduce) donates
+nothing, since such a call can fail after XLA consumed its inputs. An interrupt that arrives once
+the compiled step has run leaves its results as the state, counted.
 
 >>> import backprop as bp
 >>> bp.manual_seed(0)
@@ -384,11 +386,12 @@ class TrainStep:
         if not many.verified:
             return self._verify_many(many, pairs, xs, ys)
         function = self.function
-        steps = function.optimizer.steps
+        steps, installed = function.optimizer.steps, function.installed
         try:
             losses, outs = many(xs, ys, function.state())  # _scan has run the guard
-        except BaseException:  # the steps did not finish, so they are not counted
-            function.optimizer.steps = steps
+        except BaseException:  # steps count once their results are the state
+            if function.installed is installed:
+                function.optimizer.steps = steps
             raise
         self.mode, self._state, self._last = many.mode, function.installed, many.replay
         return losses, outs

@@ -31,8 +31,10 @@ def program(a0, a1):
 
 from __future__ import annotations
 
+import keyword
 import math
 import operator
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -281,7 +283,7 @@ class Program:
         function = call.function
         if call.name:
             arguments = args + [f"{k}={self._render(v)}" for k, v in call.kwargs.items()]
-            return f"{self._bind(call.name, function)}({', '.join(arguments)})"
+            return f"{self._bind(_global_name(call.name), function)}({', '.join(arguments)})"
         if function in _INFIX:
             return f"{_paren(args[0])} {_INFIX[function]} {_paren(args[1])}"
         if function is operator.getitem:
@@ -315,6 +317,14 @@ class Program:
             unique, count = f"{name}_{count}", count + 1
         self._globals[unique] = value
         return unique
+
+
+def _global_name(name: str) -> str:
+    """A function's name as a global a program can call: an identifier that is no keyword, and no
+    name of its own (arguments a0.., values v0.., constants c0.., `program`)."""
+    if not name.isidentifier() or keyword.iskeyword(name):
+        return "external"  # a lambda, a partial's "<...>" name
+    return f"f_{name}" if re.fullmatch(r"[acv]\d+|program", name) else name
 
 
 # --- recording ---

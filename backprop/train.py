@@ -509,6 +509,8 @@ def fit(
     numbers, less Python per step; a step that cannot be captured warns and runs eagerly.
     `gradient_hooks` run on the gradients between backward and the update (`bp.optim.ClipGradNorm`);
     the steps keep no gradients (`.grad` is None after fit, as `TrainStep(..., keep_grads=False)`).
+    On JAX a captured step consumes the parameter arrays of the step before (see TrainStep): a
+    callback that keeps `model.state_dict()` between epochs keeps copies (`bp.to_numpy`).
     `steps_per_execution` (as in Keras): batches handed to the step K at a time (`TrainStep.run_many`:
     one compiled call of K steps on JAX once captured, a loop elsewhere); the same numbers.
     `verbose` (as in Keras): 0 silent, 1 a progress bar per epoch (tqdm; without it, one line per

@@ -195,6 +195,39 @@ def test_an_interrupt_while_k_steps_are_checked_leaves_no_step_counted(monkeypat
         np.testing.assert_array_equal(p.numpy(), kept)
 
 
+def test_an_interrupt_once_k_steps_have_run_leaves_them_done_and_counted(backend, monkeypatch):
+    """Steps count once their results are the state: an interrupt that arrives while the K steps'
+    results are taken (the compiled call has run) still installs them all, and counts K."""
+    from test_step import _interrupted_once
+
+    monkeypatch.setattr(type(BACKENDS[backend]), "compile_steps", lambda self, step: _python_scan(step))
+    monkeypatch.setattr(type(BACKENDS[backend]), "compiles_steps", True)
+
+    def train(interrupt: bool):
+        bp.manual_seed(1)
+        model = bp.nn.mlp([7, 6, 5], "tanh", dtype="float64")
+        step = bp.TrainStep(model, bp.losses.cross_entropy, bp.optim.Adam(model.parameters(), lr=0.01))
+        batches = _batches(16, np.random.default_rng(0))
+        for i in range(0, 12, 4):  # two warm-ups, record, check; then the K-step call, checked; replayed
+            step.run_many(batches[i : i + 4])
+        assert step.mode == "jit-scan"
+        if interrupt:
+            calls = []
+            with monkeypatch.context() as patch:
+                patch.setattr(step.function, "take_outputs", _interrupted_once(step.function, model, calls))
+                with pytest.raises(KeyboardInterrupt):
+                    step.run_many(batches[12:16])
+            assert len(calls) == 2
+        else:
+            step.run_many(batches[12:16])
+        return step.optimizer.steps, [p.numpy() for p in model.parameters()]
+
+    interrupted, plain = train(True), train(False)
+    assert interrupted[0] == plain[0] == 16
+    for got, want in zip(interrupted[1], plain[1], strict=True):
+        np.testing.assert_array_equal(got, want, strict=True)
+
+
 def test_fit_casts_floating_data_to_the_models_dtype_and_leaves_integers_alone():
     from backprop.train import _pair
 

@@ -485,22 +485,102 @@ def test_a_replay_consumes_only_the_state_the_last_replay_returned(backend):
     assert all(not p.data.is_deleted() for p in model.parameters())
 
 
+def test_jax_debug_nans_turns_donation_off(backend):
+    """Under jax_debug_nans (or _infs) JAX runs a call that made a NaN again, on its inputs: they
+    must not have been consumed."""
+    if not BACKENDS[backend].donates:
+        pytest.skip(f"{backend}'s compiled steps consume no inputs")
+    import jax
+
+    def double(a):
+        return [a * 2.0]
+
+    was = jax.config.jax_debug_nans
+    jax.config.update("jax_debug_nans", True)
+    try:
+        program = BACKENDS[backend].compile(double, donated=(0,))
+    finally:
+        jax.config.update("jax_debug_nans", was)
+    given = bp.get_backend().asarray(np.arange(3.0))
+    program(given)
+    assert not given.is_deleted()
+    consumed = bp.get_backend().asarray(np.arange(3.0))
+    BACKENDS[backend].compile(double, donated=(0,))(consumed)
+    assert consumed.is_deleted()
+
+
+def _interrupted_once(function, model, calls: list):
+    """A `take_outputs` for `function` that, at its first call, takes the first parameter and is
+    then interrupted; each call is appended to `calls`."""
+    take = function.take_outputs
+
+    def interrupted(layout, outputs):
+        calls.append(1)
+        if len(calls) == 1:
+            model.parameters()[0].data = layout.split_outputs(outputs)[0][0]
+            raise KeyboardInterrupt
+        return take(layout, outputs)
+
+    return interrupted
+
+
+class _FlakyHost:
+    """A gradient hook that averages through host code (as fit's MPI all-reduce does), which fails
+    when told to (a lost connection)."""
+
+    def __init__(self):
+        self.fail = False
+
+    def _host(self, array):
+        if self.fail:
+            raise ConnectionError("the all-reduce lost a rank")
+        return array
+
+    def __call__(self, grads):
+        from backprop.backend import namespace_of
+        from backprop.backends import backend_of
+        from backprop.trace import external
+
+        average = lambda g: backend_of(namespace_of(g)).host_callback(self._host, g)  # noqa: E731
+        return [None if g is None else external(average, g) for g in grads]
+
+
+def test_a_replay_whose_host_call_fails_loses_no_state(backend):
+    """A step that calls out of the array library can fail after it started: its state must
+    survive (on JAX nothing is donated to such a step, or XLA would have consumed it)."""
+    bp.manual_seed(2)
+    model = bp.nn.mlp([6, 5, 4], "tanh", dtype="float64")
+    hook = _FlakyHost()
+    step = bp.TrainStep(model, bp.losses.cross_entropy, OPTIMIZERS["adam"](model.parameters()), gradient_hooks=[hook])
+    batches = list(_batches("cross_entropy", 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", bp.CaptureWarning)
+        for x, y in batches[:5]:
+            step(x, y)
+    assert step.mode in CAPTURED_MODES, step.mode
+    before = [p.numpy().copy() for p in model.parameters()], [bp.to_numpy(a) for a in step.optimizer.state_arrays()]
+    hook.fail = True
+    with pytest.raises(Exception, match="lost a rank"):
+        step(*batches[5])
+    bp.backend.backend_of(model.parameters()[0].xp).synchronize([p.data for p in model.parameters()])
+    assert step.optimizer.steps == 5
+    for p, kept in zip(model.parameters(), before[0], strict=True):
+        np.testing.assert_array_equal(p.numpy(), kept, strict=True)
+    for array, kept in zip(step.optimizer.state_arrays(), before[1], strict=True):
+        np.testing.assert_array_equal(bp.to_numpy(array), kept, strict=True)
+    hook.fail = False
+    step(*batches[6])  # and training goes on
+    assert step.optimizer.steps == 6 and step.mode in CAPTURED_MODES
+
+
 def test_an_interrupt_while_a_replay_takes_its_results_leaves_the_step_done_and_counted(backend, monkeypatch):
     """An interrupt that arrives once the compiled step has run (and, on JAX, consumed the old
     state) must not lose its results: they become the state, and the step counts."""
     model, step, batches = _replaying_step()
     reference, reference_step, _ = _replaying_step()
     reference_step(*batches[5])
-    take, calls = step.function.take_outputs, []
-
-    def interrupted(layout, outputs):
-        calls.append(1)
-        if len(calls) == 1:  # the first parameter is taken, then the interrupt
-            model.parameters()[0].data = layout.split_outputs(outputs)[0][0]
-            raise KeyboardInterrupt
-        return take(layout, outputs)
-
-    monkeypatch.setattr(step.function, "take_outputs", interrupted)
+    calls = []
+    monkeypatch.setattr(step.function, "take_outputs", _interrupted_once(step.function, model, calls))
     with pytest.raises(KeyboardInterrupt):
         step(*batches[5])
     monkeypatch.undo()

@@ -156,3 +156,25 @@ def test_probing_a_traced_array_for_other_attributes_is_false():
         return [a]
 
     trace(f, [np.zeros(2)])
+
+
+def test_an_external_call_of_any_name_compiles_and_cannot_be_shadowed():
+    """A lambda (no identifier), a keyword-like name and a name a program gives its own values
+    (a0, v1, program) all become globals the program can call."""
+    from backprop.trace import external
+
+    def v1(a):
+        return a * 3.0
+
+    def program(a):
+        return a + 1.0
+
+    def f(a):
+        return [external(lambda b: b - 2.0, a), external(v1, a * 2.0), external(program, a)]
+
+    host = np.linspace(0.5, 2.0, 5)
+    traced, values = trace(f, [host.copy()])
+    for got, want in zip(traced(host.copy()), values, strict=True):
+        np.testing.assert_array_equal(got, want, strict=True)
+    source = traced.source
+    assert "external(a0)" in source and "f_v1(" in source and "f_program(a0)" in source, source
