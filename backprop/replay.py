@@ -74,10 +74,7 @@ class TracedReplay:
 
     recording_mode = "traced"  # the call that records runs the step through the tracer
 
-    def __init__(
-        self, function, source: Program, layout, numbers: NumberTable, mode: str, compile=lambda p, donated: p,
-        donated=range(0),
-    ):  # fmt: skip
+    def __init__(self, function, source: Program, layout, numbers: NumberTable, mode: str, compile, donated: range):
         self.function, self.source, self.layout, self.numbers = function, source, layout, numbers
         self.donated = donated
         self.program = compile(source, donated)
@@ -97,7 +94,7 @@ class TracedReplay:
         loss, out = function.take_outputs(layout, results)  # the traced call was a real step: keep it
         for p in function.params:  # real arrays again, not stand-ins
             p.xp = namespace_of(p.data)
-        donated = _donated(program.trace, layout, entry)
+        donated = _donated(program.trace, layout, entry.donates)
         if optimized:
             try:
                 program = Program(optimize(program.trace, entry.fast_path(), donated=donated))
@@ -133,15 +130,14 @@ class TracedReplay:
         return self.function.take_outputs(self.layout, outputs)
 
 
-def _donated(trace, layout, entry) -> range:
+def _donated(trace, layout, donates: bool) -> range:
     """The state inputs a replay owns: the optimizer's state (each step returns new arrays, which
     the NumPy fast path may update in place); where the entry `donates`, the whole state, unless
     the step calls out of the array library (an external call, a host callback such as an MPI
     all-reduce): that can fail after the compiled step consumed its inputs, so nothing is donated."""
-    if not entry.donates:
+    if not donates:
         return range(layout.params, layout.state)
-    library_only = all(call.standard or not call.name or call.name in entry.helpers for call in trace.calls)
-    return range(0, layout.state) if library_only else range(0)
+    return range(0) if any(call.external for call in trace.calls) else range(0, layout.state)
 
 
 def _run_and_take(program, inputs, take):

@@ -340,13 +340,7 @@ class TrainStep:
         key = function.key(x, y)
         replay = self._captures.get(key)
         if replay is not None and replay.verified:
-            steps, installed = function.optimizer.steps, function.installed
-            try:
-                loss, out = replay(x, y, state)
-            except BaseException:  # a step counts once its results are the state (what it wrote in place stays)
-                if function.installed is installed:
-                    function.optimizer.steps = steps
-                raise
+            loss, out = self._counted(replay, x, y, state)
             self.mode, self._state, self._replans, self._last = replay.mode, function.installed, 0, replay
             return loss, out
         if replay is not None:
@@ -386,15 +380,21 @@ class TrainStep:
         if not many.verified:
             return self._verify_many(many, pairs, xs, ys)
         function = self.function
+        losses, outs = self._counted(many, xs, ys, function.state())  # _scan has run the guard
+        self.mode, self._state, self._last = many.mode, function.installed, many.replay
+        return losses, outs
+
+    def _counted(self, replay, *args):
+        """`replay(*args)`; where it raises, its steps count only if their results became the state
+        (an interrupt once the compiled call has run), not otherwise (what it wrote in place stays)."""
+        function = self.function
         steps, installed = function.optimizer.steps, function.installed
         try:
-            losses, outs = many(xs, ys, function.state())  # _scan has run the guard
-        except BaseException:  # steps count once their results are the state
+            return replay(*args)
+        except BaseException:
             if function.installed is installed:
                 function.optimizer.steps = steps
             raise
-        self.mode, self._state, self._last = many.mode, function.installed, many.replay
-        return losses, outs
 
     def _scan(self, pairs):
         """The ScanReplay for these batches, or None (they run one by one): the backend compiles

@@ -90,7 +90,8 @@ class Call:
     is the global through which the generated source calls `function` ("" for Python syntax:
     operators, indexing, attributes). `standard` names the array API function the call computes
     (a namespace call, or a library's own form of one that a pass put in its place), "" for any
-    other call (operators, backend helpers, external calls, writes).
+    other call (operators, backend helpers, external calls, writes). `external` marks a call the
+    tracer could not look into (`external`): it may reach outside the array library.
     """
 
     function: Any
@@ -100,6 +101,7 @@ class Call:
     name: str = ""
     unpack: bool = False
     standard: str = ""
+    external: bool = False
 
 
 @dataclass(frozen=True)
@@ -342,21 +344,21 @@ class _Recorder:
         self.identities: dict = {}  # outputs that are the very array a call was given
         self._count = 0
 
-    def record(self, function, args: tuple, kwargs: dict, value, name: str = "", standard: str = ""):
+    def record(self, function, args: tuple, kwargs: dict, value, name: str = "", **kinds):
         """Append the call that computed `value` (an array, or a tuple or list of arrays); the
-        stand-in(s) for `value`. `name` and `standard` are the Call's."""
+        stand-in(s) for `value`. `name` and `kinds` (`standard`, `external`) are the Call's."""
         arguments, keywords = self.argument(args), {k: self.argument(v) for k, v in kwargs.items()}
         if isinstance(value, (tuple, list)) and value and all(_is_array(v) for v in value):
             outs = type(value)(self._traced(v) for v in value)
             outputs = tuple(o.var for o in outs)
-            self.calls.append(Call(function, arguments, keywords, outputs, name, unpack=True, standard=standard))
+            self.calls.append(Call(function, arguments, keywords, outputs, name, unpack=True, **kinds))
             self._note(arguments, keywords, outs, [])
             return outs
         if not _is_array(value):
             what = name or getattr(function, "__name__", function)
             raise TraceError(f"{what} gave {a(type(value).__name__)}, not an array")
         out = self._traced(value)
-        self.calls.append(Call(function, arguments, keywords, (out.var,), name, standard=standard))
+        self.calls.append(Call(function, arguments, keywords, (out.var,), name, **kinds))
         self._note(arguments, keywords, [out], args)
         return out
 
@@ -513,15 +515,15 @@ class _Namespace:
         return call
 
 
-def _recorded(recorder: _Recorder, name: str, real, standard: str = ""):
+def _recorded(recorder: _Recorder, name: str, real, **kinds):
     """`real`, run on concrete values and recorded (as a call of the global `name`) when it gives
-    arrays; `standard`: the array API function it is, if any."""
+    arrays; `kinds`: what the Call says of it (`standard`, `external`)."""
 
     def call(*args, **kwargs):
         value = real(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()})
         if not (_is_array(value) or (isinstance(value, (tuple, list)) and value and _is_array(value[0]))):
             return value
-        return recorder.record(real, args, kwargs, value, name, standard)
+        return recorder.record(real, args, kwargs, value, name, **kinds)
 
     return call
 
@@ -539,7 +541,7 @@ def external(function, *arrays):
     recorder = next((a.recorder for a in arrays if isinstance(a, Traced)), None)
     if recorder is None:
         return function(*arrays)
-    return _recorded(recorder, getattr(function, "__name__", "external"), function)(*arrays)
+    return _recorded(recorder, getattr(function, "__name__", "external"), function, external=True)(*arrays)
 
 
 class _TracedEntry:

@@ -178,3 +178,4 @@ def test_an_external_call_of_any_name_compiles_and_cannot_be_shadowed():
         np.testing.assert_array_equal(got, want, strict=True)
     source = traced.source
     assert "external(a0)" in source and "f_v1(" in source and "f_program(a0)" in source, source
+    assert [call.external for call in traced.trace.calls] == [True, False, True, True]  # a0 * 2.0 is not
