@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import itertools
+from heapq import heappop, heappush
 from operator import attrgetter
 
 from array_api_compat import device, is_array_api_obj
@@ -32,7 +33,10 @@ class Tensor:
     `data` is the backend array; `grad` (after `backward`) is a backend array of the same shape.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "xp", "_parents", "_backward", "_sequence", "_written", "__weakref__")
+    __slots__ = (
+        *("data", "grad", "requires_grad", "xp"),
+        *("_parents", "_needs", "_backward", "_sequence", "_written", "__weakref__"),  # the graph's
+    )
     __array_priority__ = 1000  # NumPy defers `ndarray + Tensor` to Tensor.__radd__
 
     def __init__(self, data, requires_grad: bool = False):
@@ -94,9 +98,8 @@ class Tensor:
         """
         leaves, grads = _backpropagate(self, grad, retain_graph, wanted=())
         _hand_over(grads, leaves.values(), grad)
-        for key, leaf in leaves.items():
-            if key in grads:
-                leaf.grad = grads[key] if leaf.grad is None else leaf.grad + grads[key]
+        for key, leaf in leaves.items():  # every leaf reached has a gradient
+            leaf.grad = grads[key] if leaf.grad is None else leaf.grad + grads[key]
 
 
 def _hand_over(grads: dict, tensors, given) -> None:
@@ -136,8 +139,8 @@ def _size(shape) -> int:
 def result(data, xp, parents: tuple, backward) -> Tensor:
     """The output of an op: a graph node when a gradient is needed, a plain tensor otherwise.
 
-    `backward(g, needs)` gets the upstream gradient and one flag per parent (does it need a
-    gradient?) and returns one gradient (or None) per parent, possibly at the broadcast shape.
+    `backward(g, needs)` gets the upstream gradient and one flag per parent (did it need a
+    gradient when the node was made?) and returns one gradient (or None) per parent, possibly at the broadcast shape.
     It must never refer to the output tensor itself (that would be a reference cycle).
     """
     out = Tensor.__new__(Tensor)
@@ -149,13 +152,11 @@ def result(data, xp, parents: tuple, backward) -> Tensor:
     out._backward = None
     out._written = 0
     if _grad_enabled.get():
-        for parent in parents:
-            if parent.requires_grad:
-                out.requires_grad = True
-                out._parents = parents
-                out._backward = backward
-                out._sequence = next(_sequence)
-                break
+        needs = tuple(map(_requires_grad, parents))
+        if True in needs:
+            out.requires_grad = True
+            out._parents, out._needs, out._backward = parents, needs, backward
+            out._sequence = next(_sequence)
     return out
 
 
@@ -169,63 +170,49 @@ def unbroadcast(xp, grad, shape):
     return xp.reshape(grad, shape)
 
 
+_requires_grad = attrgetter("requires_grad")
+
+
 def _graph_freed(grad, needs):
     raise RuntimeError(
         "backward through a graph that was already freed: pass retain_graph=True to the first backward()"
     )
 
 
-def _topological_order(root: Tensor):
-    """The nodes behind `root`, oldest first (pop from the end to go from `root` back to the
-    leaves, each node before its parents), and the leaves by id.
-
-    Every node is newer than its parents, so creation order is a topological order of the graph.
-    """
-    nodes, leaves, seen = [], {}, {id(root)}
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if node._backward is None:
-            leaves[id(node)] = node
-            continue
-        nodes.append(node)
-        for parent in node._parents:
-            if parent.requires_grad and id(parent) not in seen:
-                seen.add(id(parent))
-                stack.append(parent)
-    nodes.sort(key=_by_sequence)
-    return nodes, leaves
-
-
-_by_sequence = attrgetter("_sequence")
-_requires_grad = attrgetter("requires_grad")
+def _root_gradient(root: Tensor, grad):
+    """The upstream gradient of `root` as a backend array: `grad`, checked, or 1 for one element."""
+    if not root.requires_grad:
+        raise RuntimeError("backward() on a tensor that does not require a gradient (no input requires one)")
+    data = root.data
+    if grad is None:
+        if _size(data.shape) != 1:
+            raise RuntimeError(f"backward() without a gradient needs a one-element output, not shape {root.shape}")
+        grad = root.xp.asarray(1.0, dtype=data.dtype, device=device(data))
+        return root.xp.reshape(grad, data.shape) if data.ndim else grad
+    grad = grad.data if isinstance(grad, Tensor) else grad
+    if tuple(grad.shape) != root.shape:
+        raise ValueError(f"gradient of shape {tuple(grad.shape)} given for an output of shape {root.shape}")
+    return grad
 
 
 def _backpropagate(root: Tensor, grad, retain_graph: bool, wanted):
-    """Run backward from `root`; return (leaves by id, gradients by id of leaves and `wanted`)."""
-    if not root.requires_grad:
-        raise RuntimeError("backward() on a tensor that does not require a gradient (no input requires one)")
-    if grad is None:
-        if _size(root.data.shape) != 1:
-            raise RuntimeError(f"backward() without a gradient needs a one-element output, not shape {root.shape}")
-        grad = root.xp.asarray(1.0, dtype=root.data.dtype, device=root.device)
-        if root.data.ndim:
-            grad = root.xp.reshape(grad, root.shape)
-    else:
-        grad = grad.data if isinstance(grad, Tensor) else grad
-        if tuple(grad.shape) != root.shape:
-            raise ValueError(f"gradient of shape {tuple(grad.shape)} given for an output of shape {root.shape}")
-    pending, leaves = _topological_order(root)
-    grads, kept = {id(root): grad}, {}
-    while pending:
-        node = pending.pop()  # popped, so an intermediate tensor can go as soon as it is done
-        g = grads.pop(id(node), None)
-        if g is None:
-            continue
+    """Run backward from `root`; return (leaves by id, gradients by id of leaves and `wanted`).
+
+    The nodes reached so far wait in a heap, newest first: every node is newer than its parents
+    (creation order is a topological order), so a node is taken only after every node that feeds
+    it a gradient, in one pass without sorting the graph.
+    """
+    grad = _root_gradient(root, grad)
+    if root._backward is None:
+        return {id(root): root}, {id(root): grad}
+    grads, kept, leaves = {id(root): grad}, {}, {}
+    waiting = [(-root._sequence, root)]
+    while waiting:
+        node = heappop(waiting)[1]  # popped, so an intermediate tensor can go as soon as it is done
+        g = grads.pop(id(node))
         if wanted and id(node) in wanted:
             kept[id(node)] = g
-        parents = node._parents
-        needs = tuple(map(_requires_grad, parents))
+        parents, needs, sequence = node._parents, node._needs, node._sequence
         try:
             parent_grads = node._backward(g, needs)
         except TypeError as error:
@@ -239,16 +226,22 @@ def _backpropagate(root: Tensor, grad, retain_graph: bool, wanted):
                 f"for {len(parents)} inputs"
             )
         for parent, pg, need in zip(parents, parent_grads, needs, strict=False):  # lengths checked above
-            if parent._written > node._sequence:
+            if parent._written > sequence:
                 _modified_in_place(node, parent)
             if pg is None or not need:
                 continue
             if pg.shape != parent.data.shape:
                 pg = unbroadcast(node.xp, pg, tuple(parent.data.shape))
             key = id(parent)
-            grads[key] = grads[key] + pg if key in grads else pg
+            if key in grads:
+                grads[key] = grads[key] + pg
+            elif parent._backward is None:
+                grads[key], leaves[key] = pg, parent
+            else:
+                grads[key] = pg
+                heappush(waiting, (-parent._sequence, parent))
         if not retain_graph:
-            node._parents = ()
+            node._parents, node._needs = (), ()
             node._backward = _graph_freed
     grads.update(kept)
     return leaves, grads

@@ -95,6 +95,36 @@ def test_a_chain_of_100000_ops_backpropagates():
     del y  # and the freed chain is released without recursion trouble
 
 
+def test_a_shared_node_collects_every_gradient_before_passing_it_on(backend):
+    # h feeds a child made at once and one made 50 ops later, through a chain of its own:
+    # h's gradient is complete only once both are done, whatever order they were made in
+    x = bp.tensor([0.5, -1.5, 2.0], dtype="float64", requires_grad=True)
+    h = x * x
+    early = h * 3.0
+    late = h
+    for _ in range(50):
+        late = late * 1.0 + 0.0
+    side = (x * 2.0).sum()  # a second path from x, made last
+    loss = (early * late).sum() + side
+    upstream = 0.7
+    loss.backward(bp.tensor(upstream, dtype="float64"))
+    xs = np.array([0.5, -1.5, 2.0])
+    # loss = sum(3 h^2) + 2 sum(x) with h = x^2: d/dx = 12 x^3 + 2
+    np.testing.assert_allclose(bp.to_numpy(x.grad), upstream * (12 * xs**3 + 2), rtol=1e-12)
+
+
+def test_the_graph_keeps_which_inputs_needed_a_gradient_when_it_was_made(backend):
+    # as in PyTorch: flipping requires_grad after the forward pass does not change that pass's graph
+    w = bp.tensor([1.0, 2.0], dtype="float64", requires_grad=True)
+    c = bp.tensor([3.0, 4.0], dtype="float64")
+    y = (w * c).sum()
+    c.requires_grad_()
+    w.requires_grad_(False)
+    y.backward()
+    assert bp.to_numpy(w.grad).tolist() == [3.0, 4.0]
+    assert c.grad is None
+
+
 def test_no_graph_under_no_grad_or_without_inputs_needing_one(backend):
     w = bp.tensor([1.0, 2.0], requires_grad=True)
     with bp.no_grad():
