@@ -140,15 +140,16 @@ class Optimizer:
         """This step's numbers that change during training (after `steps` has counted the step)."""
         return {"lr": self.lr}
 
-    def update(self, numbers_of, grads=None) -> None:
+    def update(self, numbers_of, grads=None, scaled: bool = False) -> None:
         """Move each parameter by its gradient; `numbers_of(p)` gives this step's numbers for `p`
         (Python floats in an eager step, 0-d arrays of p's dtype in a captured one). `grads` has one
-        gradient per parameter (None: leave that one), each parameter's `.grad` by default."""
+        gradient per parameter (None: leave that one), each parameter's `.grad` by default.
+        `scaled`: the gradients are already `lr * grad` (see `subtracts_lr_times_grad`)."""
         grads = [p.grad for p in self.params] if grads is None else grads
         written = []
         for p, grad, state, immutable in zip(self.params, grads, self.state, self._immutable, strict=True):
             if grad is not None:
-                delta = self._delta(p, grad, state, numbers_of(p))
+                delta = grad if scaled else self._delta(p, grad, state, numbers_of(p))
                 if immutable:
                     p.data = p.data - delta
                 else:
@@ -159,6 +160,12 @@ class Optimizer:
     def _delta(self, p: Tensor, grad, state: dict, numbers: dict):
         """What to subtract from `p` this step."""
         raise NotImplementedError
+
+    def subtracts_lr_times_grad(self) -> bool:
+        """Whether the update is `p -= lr * grad` for every parameter, with `lr` the same number
+        before and after `start_step()`: a step may then scale the loss's upstream gradient by lr
+        and subtract the gradients as they come (`update(..., scaled=True)`)."""
+        return False
 
     def state_names(self) -> tuple:
         """The names of each parameter's state arrays, in the order of `state_arrays()`."""
@@ -291,6 +298,10 @@ class SGD(Optimizer):
     def _check_together(self, settings: dict) -> None:
         if settings["nesterov"] and settings["momentum"] <= 0:
             raise ConfigError("Nesterov momentum needs momentum > 0")
+
+    def subtracts_lr_times_grad(self) -> bool:
+        plain = type(self)._delta is SGD._delta and type(self).numbers is Optimizer.numbers
+        return plain and not self.momentum and not self.weight_decay
 
     def _delta(self, p, grad, state, numbers):
         if self.weight_decay:

@@ -73,6 +73,7 @@ import operator
 import warnings
 
 import numpy as np
+from array_api_compat import device
 
 from backprop import changes
 from backprop.backend import copy_array, get_rng_state, namespace_of, set_rng_state, to_numpy
@@ -219,14 +220,36 @@ class StepFunction:
             p.grad = None
         out = self.model(Tensor(x))
         loss = self.loss(out, y)
-        loss.backward()
+        lr = self._lr_upstream(loss, numbers_of)
+        loss.backward(lr)
         if self.gradient_hooks:
             self._run_hooks()
         if numbers_of is None:
             numbers = self.optimizer.start_step()
             numbers_of = lambda p: numbers
-        self.optimizer.update(numbers_of)
+        self.optimizer.update(numbers_of, scaled=lr is not None)
         return loss, out
+
+    def _lr_upstream(self, loss: Tensor, numbers_of):
+        """The learning rate as the loss's upstream gradient where that computes the same step, or
+        None (the usual 1).
+
+        Backward is linear in its upstream gradient, so starting it from lr gives every gradient
+        already scaled: where the update is `p -= lr * grad` (plain SGD) and nothing else sees the
+        gradients (no hooks, none kept), the update is then one subtraction per parameter instead
+        of a scaling pass and a subtraction (S: four array calls fewer; L: a pass over each weight
+        matrix). The result differs from `p -= lr * grad` by rounding only. Only in float32 and
+        float64 (float16 gradients scaled down by lr could underflow), with every parameter in the
+        loss's dtype (lr is one number of that dtype)."""
+        if self.keep_grads or self.gradient_hooks or not self.optimizer.subtracts_lr_times_grad():
+            return None
+        data, xp = loss.data, self.xp
+        dtype = data.dtype
+        if data.ndim or dtype not in (xp.float32, xp.float64) or any(p.data.dtype != dtype for p in self.params):
+            return None
+        if numbers_of is not None:  # a recording: this step's numbers, as 0-d arrays
+            return numbers_of(self.params[0])["lr"]
+        return xp.asarray(self.optimizer.numbers()["lr"], dtype=dtype, device=device(data))
 
     def _run_hooks(self) -> None:
         """Each gradient hook in turn, from the parameters' gradients back to them."""
@@ -293,7 +316,10 @@ class TrainStep:
     `keep_grads=False` leaves no gradients behind (each parameter's `.grad` is None after a step,
     as in `fit`, which reads only the loss and outputs): a captured step then does not return
     them, so its program may update in the gradients' place, and a compiled one (JAX)
-    materializes fewer arrays.
+    materializes fewer arrays. With plain SGD (no momentum or weight decay) and no gradient hooks,
+    backward then starts from the learning rate instead of 1, so the gradients come out scaled and
+    the update only subtracts them: the same step up to rounding, a pass fewer per parameter
+    (float32 and float64 only).
     """
 
     def __init__(

@@ -1,6 +1,8 @@
 """The replay optimizer (backprop.optimize): each pass computes bit for bit what the recorded
 program computes, on every backend, and the passes do what they say (read in the source)."""
 
+import re
+
 import numpy as np
 import pytest
 from cases import CASES
@@ -122,8 +124,14 @@ def test_a_step_that_keeps_no_gradients_returns_none_and_updates_in_their_place(
     assert returned(kept).count("v") == 4 + 2 and returned(dropped).count("v") == 2  # gradients, loss, outputs
     lr = f"a{len(kept.params)}"  # the first input after the parameters
     scaled = lambda step, text: [line for line in str(step.program).splitlines() if text in line]  # noqa: E731
-    assert len(scaled(kept, f" = {lr} * v")) == 4 and not scaled(dropped, f" = {lr} * v")  # lr * g: a new array,
-    assert len(scaled(dropped, f" *= {lr}")) == 4  # or g *= lr
+    assert len(scaled(kept, f" = {lr} * v")) == 4  # lr * g: a new array, as the kept gradient is returned
+    momentum = lambda ps: bp.optim.SGD(ps, lr=0.5, momentum=0.5)  # noqa: E731
+    *_, with_momentum = _train("numpy", "sigmoid", "quadratic", momentum, keep_grads=False)
+    velocity_lr = f"a{len(with_momentum.function.state())}"  # after the parameters and velocities
+    assert len(scaled(with_momentum, f" = {velocity_lr} * a")) == 4  # lr * velocity: momentum scales its own
+    # plain SGD without kept gradients starts backward from lr: the updates subtract the gradients as they come
+    assert not scaled(dropped, f" * {lr}") and not scaled(dropped, f" *= {lr}") and scaled(dropped, f"{lr} / ")
+    assert len([line for line in str(dropped.program).splitlines() if re.fullmatch(r" +a\d -= v\d+.*", line)]) == 4
     assert all(p.grad is None for p in dropped.params) and all(p.grad is not None for p in kept.params)
 
 

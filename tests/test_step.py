@@ -71,18 +71,22 @@ def test_captured_steps_equal_eager_steps(backend, optimizer, loss):
     assert set(captured[2][4:]) & CAPTURED_MODES, f"never replayed a capture: {captured[2]}"
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 @pytest.mark.parametrize("capture", [True, False])
-def test_a_step_that_keeps_no_gradients_trains_the_same_and_leaves_none(backend, capture):
+def test_a_step_that_keeps_no_gradients_trains_the_same_and_leaves_none(backend, capture, optimizer):
     """`keep_grads=False` (fit's steps): the same training, and no `.grad` after any step, whether
-    it warmed up, recorded, checked or replayed."""
+    it warmed up, recorded, checked or replayed. Plain SGD then starts backward from the learning
+    rate (halved part-way here) and subtracts the gradients as they come: the same numbers."""
 
     def train(keep_grads):
         bp.manual_seed(3)
         model = bp.nn.mlp([6, 5, 4], "tanh", dtype="float64")
-        opt = OPTIMIZERS["adam"](model.parameters())
+        opt = OPTIMIZERS[optimizer](model.parameters())
         step = bp.TrainStep(model, bp.losses.cross_entropy, opt, capture=capture, keep_grads=keep_grads)
         modes = []
-        for x, y in _batches("cross_entropy"):
+        for i, (x, y) in enumerate(_batches("cross_entropy")):
+            if i == 6:
+                _halve_lr(model, opt)
             value, _ = step(x, y)
             modes.append(step.mode)
             assert all((p.grad is None) != keep_grads for p in model.parameters()), (step.mode, keep_grads)
@@ -93,6 +97,31 @@ def test_a_step_that_keeps_no_gradients_trains_the_same_and_leaves_none(backend,
         dropped = train(False)
     _assert_same_training(dropped, train(True))
     assert bool(set(dropped[2]) & CAPTURED_MODES) == capture, dropped[2]
+
+
+@pytest.mark.parametrize("capture", [True, False])
+def test_an_sgd_of_its_own_update_is_not_taken_for_plain_sgd(backend, capture):
+    # a subclass that changes the update or the numbers updates by its own rule (not by a backward
+    # started from lr) also where no gradient is kept: the same training as with gradients kept
+    class TwiceSGD(bp.optim.SGD):
+        def _delta(self, p, grad, state, numbers):
+            return 2 * numbers["lr"] * grad
+
+    class SlowerEachStep(bp.optim.SGD):
+        def numbers(self):
+            return {"lr": self.lr / self.steps}
+
+    def train(rule, keep_grads):
+        bp.manual_seed(3)
+        model = bp.nn.mlp([6, 5, 4], "tanh", dtype="float64")
+        step = bp.TrainStep(model, bp.losses.cross_entropy, rule(model.parameters(), lr=0.1), capture=capture,
+                            keep_grads=keep_grads)  # fmt: skip
+        for x, y in _batches("cross_entropy", 8):
+            value, _ = step(x, y)
+        return [p.numpy() for p in model.parameters()], float(bp.to_numpy(value))
+
+    for rule in (TwiceSGD, SlowerEachStep):
+        _assert_same_training(train(rule, keep_grads=False), train(rule, keep_grads=True))
 
 
 def test_capture_order_warm_up_record_verify_replay():
