@@ -57,7 +57,7 @@ def _size(array) -> int:
 
 
 def _check_same_shape(name: str, pred: Tensor, target) -> None:
-    if tuple(target.shape) != pred.shape:
+    if tuple(target.shape) != tuple(pred.data.shape):
         raise ValueError(f"{name}: prediction has shape {pred.shape} but target has shape {tuple(target.shape)}")
 
 
@@ -66,7 +66,7 @@ def quadratic_loss(pred: Tensor, target) -> Tensor:
     xp, T = pred.xp, _data(target, pred)
     _check_same_shape("quadratic_loss", pred, T)
     diff = pred.data - T
-    n = pred.shape[0]
+    n = pred.data.shape[0]
     return result(_sum_of_squares(xp, diff, 2 * n), xp, (pred,), lambda g, needs: (diff * (g / n),))
 
 

@@ -147,6 +147,7 @@ class StepFunction:
         if not self.params:
             raise ValueError(f"{type(model).__name__} has no parameters to train")
         self.xp = namespace_of(self.params[0].data)
+        self._wide_dtypes = (self.xp.float32, self.xp.float64)  # see _lr_upstream
         self.installed: list | None = None  # the state arrays a replay or `load_state` put in last
 
     # --- the state a step reads and writes back ---
@@ -243,13 +244,16 @@ class StepFunction:
         loss's dtype (lr is one number of that dtype)."""
         if self.keep_grads or self.gradient_hooks or not self.optimizer.subtracts_lr_times_grad():
             return None
-        data, xp = loss.data, self.xp
+        data = loss.data
         dtype = data.dtype
-        if data.ndim or dtype not in (xp.float32, xp.float64) or any(p.data.dtype != dtype for p in self.params):
+        if data.ndim or dtype not in self._wide_dtypes:
             return None
+        for p in self.params:
+            if p.data.dtype != dtype:
+                return None
         if numbers_of is not None:  # a recording: this step's numbers, as 0-d arrays
             return numbers_of(self.params[0])["lr"]
-        return xp.asarray(self.optimizer.numbers()["lr"], dtype=dtype, device=device(data))
+        return self.xp.asarray(self.optimizer.lr, dtype=dtype, device=device(data))
 
     def _run_hooks(self) -> None:
         """Each gradient hook in turn, from the parameters' gradients back to them."""
