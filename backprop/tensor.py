@@ -140,8 +140,8 @@ def result(data, xp, parents: tuple, backward) -> Tensor:
     """The output of an op: a graph node when a gradient is needed, a plain tensor otherwise.
 
     `backward(g, needs)` gets the upstream gradient and one flag per parent (did it need a
-    gradient when the node was made?) and returns one gradient (or None) per parent, possibly at the broadcast shape.
-    It must never refer to the output tensor itself (that would be a reference cycle).
+    gradient when the node was made?) and returns one gradient (or None) per parent, possibly at
+    the broadcast shape. It must never refer to the output tensor itself (a reference cycle).
     """
     out = Tensor.__new__(Tensor)
     out.data = data
