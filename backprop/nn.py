@@ -425,10 +425,8 @@ class Sequential(Module):
         """Each layer in turn. Fusion rule: a layer whose class declares `fuses_activation` (Linear),
         followed by one whose class declares `fused_activation` (Sigmoid, Tanh, ReLU), runs as one
         node, `layer(x, activation=name)`: the same numbers, a node fewer."""
-        if not isinstance(x, Tensor):
-            x = self._as_input(x)
-        for call, activation in self._plan():
-            x = call(x) if activation is None else call(x, activation=activation)
+        for layer, activation in self._plan():
+            x = layer(x) if activation is None else layer(x, activation=activation)
         return x
 
     def _plan(self) -> tuple:
@@ -523,14 +521,12 @@ for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "e
 
 
 def _fusion_plan(layers) -> tuple:
-    """The steps of Sequential.forward: (call, None) for a layer alone, (call, name) for a layer
-    that applies the activation after it in its own node. The call is the layer's `forward` where
-    its class keeps Module.__call__ (its input is already a Tensor: one call fewer), else the layer."""
+    """The steps of Sequential.forward: (layer, None) for a layer alone, (layer, name) for a layer
+    that applies the activation after it in its own node."""
     plan, i = [], 0
     while i < len(layers):
-        layer = layers[i]
-        name = _fused_activation(layer, layers[i + 1]) if i + 1 < len(layers) else None
-        plan.append((layer.forward if type(layer).__call__ is Module.__call__ else layer, name))
+        name = _fused_activation(layers[i], layers[i + 1]) if i + 1 < len(layers) else None
+        plan.append((layers[i], name))
         i += 1 if name is None else 2
     return tuple(plan)
 

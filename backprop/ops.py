@@ -24,7 +24,7 @@ from numbers import Number
 
 from backprop.backend import backend_name
 from backprop.backends import backend_of
-from backprop.tensor import Tensor, result
+from backprop.tensor import Tensor, note_unscaled, result
 
 OPS: dict = {}  # name -> function: every public differentiable op, in registration order
 
@@ -484,7 +484,10 @@ def astype(x: Tensor, dtype) -> Tensor:
     xp = x.xp
     dtype = getattr(xp, dtype) if isinstance(dtype, str) else dtype
     old = x.dtype
-    return result(xp.astype(x.data, dtype), xp, (x,), lambda g, needs: (xp.astype(g, old),))
+    out = result(xp.astype(x.data, dtype), xp, (x,), lambda g, needs: (xp.astype(g, old),))
+    if out.requires_grad and not (xp.isdtype(dtype, "real floating") and xp.finfo(dtype).bits >= 32):
+        note_unscaled()  # float16 inside the graph: gradients scaled by a learning rate could underflow
+    return out
 
 
 # --- indexing and joining ---

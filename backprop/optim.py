@@ -300,7 +300,8 @@ class SGD(Optimizer):
             raise ConfigError("Nesterov momentum needs momentum > 0")
 
     def subtracts_lr_times_grad(self) -> bool:
-        plain = type(self)._delta is SGD._delta and type(self).numbers is Optimizer.numbers
+        cls = type(self)  # a subclass that changes how lr is set, read or applied is not plain SGD
+        plain = cls is SGD or all(getattr(cls, name) is getattr(SGD, name) for name in _HOW_SGD_USES_LR)
         return plain and not self.momentum and not self.weight_decay
 
     def _delta(self, p, grad, state, numbers):
@@ -312,6 +313,9 @@ class SGD(Optimizer):
             state["velocity"] = velocity
             grad = grad + self.momentum * velocity if self.nesterov else velocity
         return numbers["lr"] * grad
+
+
+_HOW_SGD_USES_LR = ("lr", "start_step", "numbers", "update", "_delta")
 
 
 class Adam(Optimizer):

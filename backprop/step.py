@@ -80,7 +80,7 @@ from backprop.backend import copy_array, get_rng_state, namespace_of, set_rng_st
 from backprop.backends import backend_of
 from backprop.nn import structure, structure_difference
 from backprop.replay import CaptureWarning, GraphReplay, NumberTable, ScanReplay, TracedReplay
-from backprop.tensor import Tensor, is_grad_enabled
+from backprop.tensor import Tensor, is_grad_enabled, unscaled_nodes
 
 MAX_CAPTURES = 8  # input shapes (and settings) captured per TrainStep; further ones run eagerly
 MAX_REPLANS = 4  # plans made anew without a replay in between, before a step stops capturing
@@ -219,30 +219,36 @@ class StepFunction:
         Without `numbers_of` (an eager step), step 1 happens just before the update."""
         for p in self.params:
             p.grad = None
+        unscaled = unscaled_nodes()
         out = self.model(Tensor(x))
         loss = self.loss(out, y)
-        lr = self._lr_upstream(loss, numbers_of)
+        lr = self._lr_upstream(loss, numbers_of) if unscaled_nodes() == unscaled else None
         loss.backward(lr)
         if self.gradient_hooks:
             self._run_hooks()
         if numbers_of is None:
             numbers = self.optimizer.start_step()
             numbers_of = lambda p: numbers
-        self.optimizer.update(numbers_of, scaled=lr is not None)
+        if lr is None:
+            self.optimizer.update(numbers_of)
+        else:
+            self.optimizer.update(numbers_of, scaled=True)
         return loss, out
 
     def _lr_upstream(self, loss: Tensor, numbers_of):
         """The learning rate as the loss's upstream gradient where that computes the same step, or
         None (the usual 1).
 
-        Backward is linear in its upstream gradient, so starting it from lr gives every gradient
-        already scaled: where the update is `p -= lr * grad` (plain SGD) and nothing else sees the
-        gradients (no hooks, none kept), the update is then one subtraction per parameter instead
-        of a scaling pass and a subtraction (S: four array calls fewer; L: a pass over each weight
-        matrix). The result differs from `p -= lr * grad` by rounding only. Only in float32 and
-        float64 (float16 gradients scaled down by lr could underflow), with every parameter in the
-        loss's dtype (lr is one number of that dtype)."""
-        if self.keep_grads or self.gradient_hooks or not self.optimizer.subtracts_lr_times_grad():
+        backprop's ops are linear in their upstream gradient, so starting backward from lr gives
+        every gradient already scaled: where the update is `p -= lr * grad` (plain SGD) and
+        nothing else sees the gradients (no hooks, none kept), the update is then one subtraction
+        per parameter instead of a scaling pass and a subtraction (S: four array calls fewer; L: a
+        pass over each weight matrix). The result differs from `p -= lr * grad` by rounding only.
+        Only in float32 and float64 (float16 gradients scaled down by lr could underflow), with
+        every parameter in the loss's dtype (lr is one number of that dtype); the caller checks
+        that the graph has no node of a custom op or in float16 (`unscaled_nodes`)."""
+        plain = getattr(self.optimizer, "subtracts_lr_times_grad", None)
+        if self.keep_grads or self.gradient_hooks or plain is None or not plain():
             return None
         data = loss.data
         dtype = data.dtype

@@ -136,12 +136,30 @@ def _size(shape) -> int:
     return n
 
 
+_LINEAR_BACKWARDS = frozenset({"backprop.ops", "backprop.losses"})  # where backward functions are linear in g
+_unscaled = 0  # nodes made so far whose gradients may not scale with their upstream gradient
+
+
+def note_unscaled() -> None:
+    """Record a node whose gradients may not scale with its upstream gradient: one whose backward
+    is not backprop's own (a custom op may clip `g`), or that computes in float16 (scaled-down
+    gradients could underflow). A step then does not start backward from the learning rate."""
+    global _unscaled
+    _unscaled += 1
+
+
+def unscaled_nodes() -> int:
+    """How many nodes `note_unscaled` has recorded so far (compare two readings)."""
+    return _unscaled
+
+
 def result(data, xp, parents: tuple, backward) -> Tensor:
     """The output of an op: a graph node when a gradient is needed, a plain tensor otherwise.
 
     `backward(g, needs)` gets the upstream gradient and one flag per parent (did it need a
     gradient when the node was made?) and returns one gradient (or None) per parent, possibly at
     the broadcast shape. It must never refer to the output tensor itself (a reference cycle).
+    A backward defined outside backprop is not assumed linear in `g` (see `note_unscaled`).
     """
     out = Tensor.__new__(Tensor)
     out.data = data
@@ -157,6 +175,8 @@ def result(data, xp, parents: tuple, backward) -> Tensor:
             out.requires_grad = True
             out._parents, out._needs, out._backward = parents, needs, backward
             out._sequence = next(_sequence)
+            if getattr(backward, "__module__", None) not in _LINEAR_BACKWARDS:
+                note_unscaled()
     return out
 
 
@@ -206,9 +226,9 @@ def _backpropagate(root: Tensor, grad, retain_graph: bool, wanted):
     if root._backward is None:
         return {id(root): root}, {id(root): grad}
     grads, kept, leaves = {id(root): grad}, {}, {}
-    waiting = [(-root._sequence, root)]
+    waiting = [(-root._sequence, id(root), root)]  # the id breaks ties (copy.copy of a node)
     while waiting:
-        node = heappop(waiting)[1]  # popped, so an intermediate tensor can go as soon as it is done
+        node = heappop(waiting)[2]  # popped, so an intermediate tensor can go as soon as it is done
         g = grads.pop(id(node))
         if wanted and id(node) in wanted:
             kept[id(node)] = g
@@ -239,7 +259,7 @@ def _backpropagate(root: Tensor, grad, retain_graph: bool, wanted):
                 grads[key], leaves[key] = pg, parent
             else:
                 grads[key] = pg
-                heappush(waiting, (-parent._sequence, parent))
+                heappush(waiting, (-parent._sequence, key, parent))
         if not retain_graph:
             node._parents, node._needs = (), ()
             node._backward = _graph_freed

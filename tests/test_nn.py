@@ -1,5 +1,7 @@
 """Modules: reflection, state dicts, modes, moving between backends, initializers, errors."""
 
+from unittest import mock
+
 import numpy as np
 import pytest
 
@@ -212,6 +214,27 @@ def test_a_module_that_refers_back_to_its_parent_does_not_hang():
 def _nodes(out) -> str:
     """The op that made `out` (its backward's qualified name)."""
     return out._backward.__qualname__.split(".")[0]
+
+
+def test_a_sequential_calls_its_layers_as_they_are_now(backend):
+    # a layer class patched after the first call (a spy in a test) is called, and a layer that
+    # returns an array of its own is followed by one that gets it as a Tensor, as Module.__call__ does
+    x = np.linspace(-1.0, 1.0, 6).reshape(2, 3)
+    model = bp.nn.Sequential(
+        bp.nn.Linear(3, 4, dtype="float64"), bp.nn.LeakyReLU(), bp.nn.Linear(4, 2, dtype="float64")
+    )
+    model(x)
+    calls, original = [], bp.nn.LeakyReLU.forward
+    with mock.patch.object(bp.nn.LeakyReLU, "forward", lambda self, t: calls.append(t.shape) or original(self, t)):
+        model(x)
+    assert calls == [(2, 4)]
+
+    class Standardize(bp.nn.Module):  # parameter-free, computes on the host
+        def forward(self, t):
+            a = bp.to_numpy(t.data)
+            return (a - a.mean(axis=0)) / (a.std(axis=0) + 1e-8)
+
+    assert bp.nn.Sequential(Standardize(), bp.nn.Linear(3, 2, dtype="float64"))(x).shape == (2, 2)
 
 
 def test_fusion_is_a_declared_rule_a_new_layer_can_join(backend):

@@ -9,6 +9,7 @@ import pytest
 
 import backprop as bp
 from backprop.backends import BACKENDS
+from backprop.tensor import result
 
 OPTIMIZERS = {
     "sgd": lambda params: bp.optim.SGD(params, lr=0.3),
@@ -99,29 +100,69 @@ def test_a_step_that_keeps_no_gradients_trains_the_same_and_leaves_none(backend,
     assert bool(set(dropped[2]) & CAPTURED_MODES) == capture, dropped[2]
 
 
+class _TwiceSGD(bp.optim.SGD):  # a rule of its own: 2 lr g
+    def _delta(self, p, grad, state, numbers):
+        return 2 * numbers["lr"] * grad
+
+
+class _SlowerEachStep(bp.optim.SGD):  # numbers of its own: lr / step
+    def numbers(self):
+        return {"lr": self.lr / self.steps}
+
+
+class _WarmUpSGD(bp.optim.SGD):  # sets this step's lr when it counts it
+    def start_step(self):
+        self.lr = 0.5 * min(1.0, (self.steps + 1) / 4)
+        return super().start_step()
+
+
+class _LoggingSGD(bp.optim.SGD):  # an update of the documented signature, no `scaled`
+    def update(self, numbers_of, grads=None):
+        super().update(numbers_of, grads)
+
+
+def _clip_gradient(x):  # a custom op whose backward is not linear in g
+    return result(x.data, x.xp, (x,), lambda g, needs: (x.xp.clip(g, -0.01, 0.01),))
+
+
+class _TwoLayers(bp.nn.Module):
+    def __init__(self, dtype="float64"):
+        self.first, self.second = bp.nn.Linear(6, 5, dtype=dtype), bp.nn.Linear(5, 4, dtype=dtype)
+
+
+class _Clipped(_TwoLayers):
+    def forward(self, x):
+        return self.second(_clip_gradient(bp.tanh(self.first(x))))
+
+
+class _HalfInside(_TwoLayers):  # float32 parameters and loss, float16 in between
+    def forward(self, x):
+        hidden = bp.tanh(self.first(x.astype("float32")).astype("float16"))
+        return self.second(hidden.astype("float32"))
+
+
 @pytest.mark.parametrize("capture", [True, False])
-def test_an_sgd_of_its_own_update_is_not_taken_for_plain_sgd(backend, capture):
-    # a subclass that changes the update or the numbers updates by its own rule (not by a backward
-    # started from lr) also where no gradient is kept: the same training as with gradients kept
-    class TwiceSGD(bp.optim.SGD):
-        def _delta(self, p, grad, state, numbers):
-            return 2 * numbers["lr"] * grad
-
-    class SlowerEachStep(bp.optim.SGD):
-        def numbers(self):
-            return {"lr": self.lr / self.steps}
-
-    def train(rule, keep_grads):
+def test_a_step_starts_backward_from_lr_only_where_that_is_the_same_step(backend, capture):
+    # plain SGD keeping no gradients starts backward from lr; an optimizer that sets, reads or
+    # applies lr its own way, a custom op whose backward is not linear in g, and float16 inside
+    # the graph must each train as with gradients kept (which never starts from lr)
+    def train(rule, keep_grads, model=lambda: bp.nn.mlp([6, 5, 4], "tanh", dtype="float64")):
         bp.manual_seed(3)
-        model = bp.nn.mlp([6, 5, 4], "tanh", dtype="float64")
-        step = bp.TrainStep(model, bp.losses.cross_entropy, rule(model.parameters(), lr=0.1), capture=capture,
+        net = model()
+        step = bp.TrainStep(net, bp.losses.cross_entropy, rule(net.parameters(), lr=0.1), capture=capture,
                             keep_grads=keep_grads)  # fmt: skip
         for x, y in _batches("cross_entropy", 8):
             value, _ = step(x, y)
-        return [p.numpy() for p in model.parameters()], float(bp.to_numpy(value))
+        return [p.numpy() for p in net.parameters()], float(bp.to_numpy(value))
 
-    for rule in (TwiceSGD, SlowerEachStep):
+    for rule in (_TwiceSGD, _SlowerEachStep, _WarmUpSGD, _LoggingSGD):
         _assert_same_training(train(rule, keep_grads=False), train(rule, keep_grads=True))
+    _assert_same_training(train(bp.optim.SGD, False, _Clipped), train(bp.optim.SGD, True, _Clipped))
+    if hasattr(bp.get_backend().xp, "float16"):  # not in the standard (array-api-strict)
+        half = lambda: _HalfInside("float32")  # noqa: E731
+        dropped, kept = train(bp.optim.SGD, False, half), train(bp.optim.SGD, True, half)
+        for got, want in zip(dropped[0], kept[0], strict=True):  # both p -= lr * g, in one order
+            np.testing.assert_array_equal(got, want)
 
 
 def test_capture_order_warm_up_record_verify_replay():

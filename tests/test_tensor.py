@@ -1,5 +1,6 @@
 """The graph: accumulation, freeing, no cycles, deep chains, no_grad, functional grad, dtypes."""
 
+import copy
 import gc
 import weakref
 
@@ -111,6 +112,14 @@ def test_a_shared_node_collects_every_gradient_before_passing_it_on(backend):
     xs = np.array([0.5, -1.5, 2.0])
     # loss = sum(3 h^2) + 2 sum(x) with h = x^2: d/dx = 12 x^3 + 2
     np.testing.assert_allclose(bp.to_numpy(x.grad), upstream * (12 * xs**3 + 2), rtol=1e-12)
+
+
+def test_two_nodes_made_at_once_both_pass_their_gradients(backend):
+    x = bp.tensor(1.0, dtype="float64", requires_grad=True)
+    y = x * 2.0
+    twin = copy.copy(y)  # the same node twice: one creation number for two tensors
+    (y + twin).backward()
+    assert float(bp.to_numpy(x.grad)) == 4.0
 
 
 def test_the_graph_keeps_which_inputs_needed_a_gradient_when_it_was_made(backend):
