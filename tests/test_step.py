@@ -165,6 +165,22 @@ def test_a_step_starts_backward_from_lr_only_where_that_is_the_same_step(backend
             np.testing.assert_array_equal(got, want)
 
 
+def test_a_compiled_step_scales_by_lr_in_its_update_and_an_op_by_op_one_at_its_start(backend):
+    # XLA fuses lr * g into the update (starting from lr measured slower there); a program run one
+    # array call at a time saves a call per parameter by starting backward from lr
+    bp.manual_seed(3)
+    model = bp.nn.mlp([6, 5, 4], "tanh", dtype="float64")
+    step = bp.TrainStep(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), lr=0.1), keep_grads=False)
+    for x, y in _batches("cross_entropy", 8):
+        step(x, y)
+    if step.program is None:
+        pytest.skip(f"{step.mode} steps have no program")
+    lr = f"a{len(model.parameters())}"  # the first input after the parameters
+    scaled_updates = [line for line in str(step.program).splitlines() if f" = {lr} * v" in line]
+    compiled = BACKENDS[backend].capture == "jit"
+    assert len(scaled_updates) == (len(model.parameters()) if compiled else 0), str(step.program)
+
+
 def test_capture_order_warm_up_record_verify_replay():
     # SGD without momentum has no state: call 1 warms up, 2 records, 3 verifies (ends eagerly), 4 replays
     *_, modes = _train(True, "sgd", "quadratic")
