@@ -222,7 +222,7 @@ class StepFunction:
         unscaled = unscaled_nodes()
         out = self.model(Tensor(x))
         loss = self.loss(out, y)
-        lr = self._lr_upstream(loss, numbers_of) if unscaled_nodes() == unscaled else None
+        lr = self._lr_upstream(loss, numbers_of, unscaled)
         loss.backward(lr)
         if self.gradient_hooks:
             self._run_hooks()
@@ -235,7 +235,7 @@ class StepFunction:
             self.optimizer.update(numbers_of, scaled=True)
         return loss, out
 
-    def _lr_upstream(self, loss: Tensor, numbers_of):
+    def _lr_upstream(self, loss: Tensor, numbers_of, unscaled: int):
         """The learning rate as the loss's upstream gradient where that computes the same step, or
         None (the usual 1).
 
@@ -245,10 +245,13 @@ class StepFunction:
         per parameter instead of a scaling pass and a subtraction (S: four array calls fewer; L: a
         pass over each weight matrix). The result differs from `p -= lr * grad` by rounding only.
         Only in float32 and float64 (float16 gradients scaled down by lr could underflow), with
-        every parameter in the loss's dtype (lr is one number of that dtype); the caller checks
-        that the graph has no node of a custom op or in float16 (`unscaled_nodes`)."""
+        every parameter in the loss's dtype (lr is one number of that dtype), and where the graph
+        has no node of a custom op or in float16 (`unscaled_nodes()` still reads `unscaled`, its
+        value before the forward pass)."""
+        if self.keep_grads or self.gradient_hooks or unscaled_nodes() != unscaled:
+            return None
         plain = getattr(self.optimizer, "subtracts_lr_times_grad", None)
-        if self.keep_grads or self.gradient_hooks or plain is None or not plain():
+        if plain is None or not plain():
             return None
         data = loss.data
         dtype = data.dtype

@@ -136,6 +136,9 @@ def _size(shape) -> int:
     return n
 
 
+_requires_grad = attrgetter("requires_grad")
+
+
 _LINEAR_BACKWARDS = frozenset({"backprop.ops", "backprop.losses"})  # where backward functions are linear in g
 _unscaled = 0  # nodes made so far whose gradients may not scale with their upstream gradient
 
@@ -188,9 +191,6 @@ def unbroadcast(xp, grad, shape):
     if axes:
         grad = xp.sum(grad, axis=axes, keepdims=True)
     return xp.reshape(grad, shape)
-
-
-_requires_grad = attrgetter("requires_grad")
 
 
 def _graph_freed(grad, needs):
