@@ -30,7 +30,12 @@ _sigmoid, _ = ops.OUTPUT_DERIVATIVES["sigmoid"]  # the one sigmoid formula, on p
 
 
 def _data(target, like: Tensor):
-    return target.data if isinstance(target, Tensor) else like.xp.asarray(target, device=like.device)
+    if isinstance(target, Tensor):
+        return target.data
+    data = like.data
+    if type(target) is type(data) and target.device == data.device:  # already there: no call needed
+        return target
+    return like.xp.asarray(target, device=like.device)
 
 
 def _sum_over(xp, values, divisor):

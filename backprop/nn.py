@@ -426,7 +426,10 @@ class Sequential(Module):
         followed by one whose class declares `fused_activation` (Sigmoid, Tanh, ReLU), runs as one
         node, `layer(x, activation=name)`: the same numbers, a node fewer."""
         for layer, activation in self._plan():
-            x = layer(x) if activation is None else layer(x, activation=activation)
+            if type(layer).__call__ is not _MODULE_CALL or not isinstance(x, Tensor):
+                x = layer(x) if activation is None else layer(x, activation=activation)
+            else:  # what Module.__call__ would do, a Python call fewer (a class patched since: above)
+                x = layer.forward(x) if activation is None else layer.forward(x, activation=activation)
         return x
 
     def _plan(self) -> tuple:
@@ -465,6 +468,7 @@ def structure(module: Module) -> tuple:
 
 
 _PLAN = "_planned"  # where a Sequential caches its fusion plan
+_MODULE_CALL = Module.__call__
 
 
 def structure_difference(old: tuple, new: tuple) -> str:

@@ -110,10 +110,13 @@ def _namespace(*tensors: Tensor):
     xp = tensors[0].xp
     for t in tensors[1:]:
         if t is not None and t.xp is not xp:
-            raise TypeError(
-                f"cannot mix arrays of two backends ({backend_name(xp)} and {backend_name(t.xp)}): "
-                "create both on one backend"
-            )
+            names = backend_name(xp), backend_name(t.xp)
+            if names[0] == names[1]:  # one backend, two namespaces: a trace's stand-ins and a real array
+                raise TypeError(
+                    f"cannot mix two namespaces of {names[0]}: the arrays a captured step traces (parameters, "
+                    "optimizer state, the batch) and an array from outside them"
+                )
+            raise TypeError(f"cannot mix arrays of two backends ({' and '.join(names)}): create both on one backend")
     return xp
 
 

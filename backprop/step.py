@@ -80,7 +80,7 @@ from backprop.backend import copy_array, get_rng_state, namespace_of, set_rng_st
 from backprop.backends import backend_of
 from backprop.nn import structure, structure_difference
 from backprop.replay import CaptureWarning, GraphReplay, NumberTable, ScanReplay, TracedReplay
-from backprop.tensor import Tensor, is_grad_enabled, unscaled_nodes
+from backprop.tensor import Tensor, is_grad_enabled, leaf_gradients, unscaled_nodes
 
 MAX_CAPTURES = 8  # input shapes (and settings) captured per TrainStep; further ones run eagerly
 MAX_REPLANS = 4  # plans made anew without a replay in between, before a step stops capturing
@@ -134,8 +134,10 @@ def _check_count(what: str, arrays, expected: int) -> None:
 class StepFunction:
     """The step protocol for one model, loss, optimizer and list of gradient hooks, on arrays.
 
-    `params` are the model's parameters and any other parameters the optimizer holds, each once.
-    Without `keep_grads` a step leaves no gradients behind (`.grad` is None after it).
+    `params` are the model's parameters and any other parameters the optimizer holds, each once:
+    a step gives gradients to them only (as Keras's `train_step` to its trainable variables; a
+    tensor outside both gets none, in an eager step as in a replay). Without `keep_grads` a step
+    leaves no gradients behind (`.grad` is None after it).
     """
 
     def __init__(self, model, loss, optimizer, gradient_hooks=(), keep_grads: bool = True):
@@ -148,6 +150,7 @@ class StepFunction:
             raise ValueError(f"{type(model).__name__} has no parameters to train")
         self.xp = namespace_of(self.params[0].data)
         self._wide_dtypes = (self.xp.float32, self.xp.float64)  # see _lr_upstream
+        self._lr_made = None  # (lr, the 0-d array of it an eager step started backward from last)
         self.installed: list | None = None  # the state arrays a replay or `load_state` put in last
 
     # --- the state a step reads and writes back ---
@@ -223,16 +226,19 @@ class StepFunction:
         out = self.model(Tensor(x))
         loss = self.loss(out, y)
         lr = self._lr_upstream(loss, numbers_of, unscaled)
-        loss.backward(lr)
-        if self.gradient_hooks:
-            self._run_hooks()
+        if lr is None:
+            self.set_grads(leaf_gradients(loss, self.params))
+            if self.gradient_hooks:
+                self._run_hooks()
+        else:  # gradients already times lr, which no one else sees: not even a `.grad` for a moment
+            grads = leaf_gradients(loss, self.params, lr, hand_over=False)
         if numbers_of is None:
             numbers = self.optimizer.start_step()
             numbers_of = lambda p: numbers
         if lr is None:
             self.optimizer.update(numbers_of)
         else:
-            self.optimizer.update(numbers_of, scaled=True)
+            self.optimizer.update(numbers_of, grads, scaled=True)
         return loss, out
 
     def _lr_upstream(self, loss: Tensor, numbers_of, unscaled: int):
@@ -264,7 +270,10 @@ class StepFunction:
             if backend_of(self.xp).capture == "jit":  # XLA fuses lr * g into the update itself, and
                 return None  # starting from lr measured slower there (S float64: 1.10x against 0.98x)
             return numbers_of(self.params[0])["lr"]
-        return self.xp.asarray(self.optimizer.lr, dtype=dtype, device=device(data))
+        lr, made = self.optimizer.lr, self._lr_made
+        if made is None or made[0] != lr or made[1].dtype != dtype or made[1].device != data.device:
+            made = self._lr_made = lr, self.xp.asarray(lr, dtype=dtype, device=device(data))
+        return made[1]  # one array while lr, dtype and device stay: backward never writes into it
 
     def _run_hooks(self) -> None:
         """Each gradient hook in turn, from the parameters' gradients back to them."""

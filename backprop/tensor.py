@@ -267,6 +267,18 @@ def _backpropagate(root: Tensor, grad, retain_graph: bool, wanted):
     return leaves, grads
 
 
+def leaf_gradients(root: Tensor, leaves: list, upstream=None, hand_over: bool = True) -> list:
+    """The gradients of `root` for each of `leaves` (None where it does not depend on one), from
+    the upstream gradient `upstream` (default 1), freeing the graph; no `.grad` is touched, and
+    no other tensor gets one. With `hand_over`, each is its own writable array (as `backward`
+    gives); without, they are backward's own: two leaves may get one array, or a read-only view,
+    for a caller that only reads them (a step that subtracts them as they come)."""
+    _, grads = _backpropagate(root, upstream, False, ())
+    if hand_over:
+        _hand_over(grads, leaves, upstream)
+    return [grads.get(id(leaf)) for leaf in leaves]
+
+
 def mark_written(tensors) -> None:
     """Record that the library wrote into these tensors' arrays in place (an optimizer step): a
     graph built before that can no longer give their gradients, and backward says so."""

@@ -166,6 +166,60 @@ def test_a_step_starts_backward_from_lr_only_where_that_is_the_same_step(backend
             np.testing.assert_array_equal(got, want)
 
 
+class _OutsideScale(_TwoLayers):  # a tensor that requires a gradient but is no Parameter
+    def __init__(self):
+        super().__init__()
+        self.scale = bp.tensor([1.5, 0.5, 1.0, 2.0, 0.75], dtype="float64", requires_grad=True)
+
+    def forward(self, x):
+        return self.second(bp.tanh(self.first(x)) * self.scale)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("capture", [True, False])
+def test_a_step_gives_gradients_to_its_parameters_only(backend, capture, optimizer):
+    # as Keras's train_step: a tensor outside the model's parameters and the optimizer's gets no
+    # gradient, eager or replayed; plain SGD starts backward from lr, so a gradient there would
+    # also be lr times too small
+    for keep_grads in (True, False):
+        bp.manual_seed(3)
+        model = _OutsideScale()
+        step = bp.TrainStep(model, bp.losses.cross_entropy, OPTIMIZERS[optimizer](model.parameters()),
+                            capture=capture, keep_grads=keep_grads)  # fmt: skip
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", bp.CaptureWarning)
+            for x, y in _batches("cross_entropy", 8):
+                step(x, y)
+                assert model.scale.grad is None, (step.mode, keep_grads)
+                assert all((p.grad is None) != keep_grads for p in model.parameters()), (step.mode, keep_grads)
+        if capture:  # the scale is an array from outside the step: it runs eagerly, and says why
+            assert any("an array from outside them" in str(w.message) for w in caught), [str(w.message) for w in caught]
+
+
+def test_an_eager_step_follows_the_model_to_another_dtype(backend):
+    # the 0-d lr that plain SGD starts backward from is made again for the new dtype: a float32 lr
+    # left over would scale float64 gradients by a rounded lr (0.3 off by 4e-8)
+    xp = bp.get_backend().xp
+    sgd = lambda model, keep_grads: bp.TrainStep(  # noqa: E731
+        model, bp.losses.quadratic_loss, bp.optim.SGD(model.parameters(), lr=0.3), capture=False, keep_grads=keep_grads
+    )
+    bp.manual_seed(3)
+    model = bp.nn.mlp([6, 5, 4], "tanh", dtype="float32")
+    step, batches = sgd(model, False), list(_batches("quadratic", 8))
+    for x, y in batches[:4]:
+        step(xp.astype(x, xp.float32), xp.astype(y, xp.float32))
+    model.to(dtype="float64")
+    twin = bp.nn.mlp([6, 5, 4], "tanh", dtype="float64")
+    twin.load_state_dict(model.state_dict())
+    trained = []
+    for net, net_step in ((model, step), (twin, sgd(twin, True))):  # the twin keeps gradients: never from lr
+        for x, y in batches[4:]:
+            value, _ = net_step(x, y)
+        assert value.dtype == xp.float64
+        trained.append(([p.numpy() for p in net.parameters()], float(bp.to_numpy(value))))
+    _assert_same_training(*trained)
+
+
 def test_a_compiled_step_scales_by_lr_in_its_update_and_an_op_by_op_one_at_its_start(backend):
     # XLA fuses lr * g into the update (starting from lr measured slower there); a program run one
     # array call at a time saves a call per parameter by starting backward from lr
