@@ -196,6 +196,61 @@ def test_a_step_gives_gradients_to_its_parameters_only(backend, capture, optimiz
             assert any("an array from outside them" in str(w.message) for w in caught), [str(w.message) for w in caught]
 
 
+def _head_only(model):
+    return model.parameters()[-2:]
+
+
+def _frozen_first_layer(model):
+    model.parameters()[0].requires_grad_(False)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _swapped(model):  # two weights of one shape listed the other way round
+    params = model.parameters()
+    return [params[2], params[1], params[0], *params[3:]]
+
+
+def _twice(model):  # PyTorch's SGD also steps a parameter listed twice twice
+    return [model.parameters()[0], *model.parameters()]
+
+
+@pytest.mark.parametrize("capture", [True, False])
+@pytest.mark.parametrize("held", [_head_only, _frozen_first_layer, _swapped, _twice], ids=lambda f: f.__name__[1:])
+def test_a_step_updates_what_the_optimizer_holds_in_its_order(backend, capture, held):
+    # a step starting backward from lr hands its gradients straight to the update: each must reach
+    # its own parameter whatever the optimizer holds (fine-tuning a head, a frozen layer, another
+    # order), as a step that keeps gradients (which reads each parameter's .grad) does
+    def train(keep_grads):
+        bp.manual_seed(3)
+        model = bp.nn.Sequential(bp.nn.Linear(6, 6, dtype="float64"), bp.nn.Tanh(), bp.nn.Linear(6, 4, dtype="float64"))
+        step = bp.TrainStep(model, bp.losses.cross_entropy, bp.optim.SGD(held(model), lr=0.1), capture=capture,
+                            keep_grads=keep_grads)  # fmt: skip
+        for x, y in _batches("cross_entropy", 8):
+            value, _ = step(x, y)
+        return [p.numpy() for p in model.parameters()], float(bp.to_numpy(value))
+
+    _assert_same_training(train(False), train(True))
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix's own
+def test_a_target_of_an_array_subclass_is_taken_as_a_plain_array():
+    # np.matrix multiplies as matrices: the loss converts it first, so a step trains as with the
+    # plain array, and still captures
+    def train(as_target):
+        bp.manual_seed(3)
+        model = bp.nn.mlp([6, 4, 4], "tanh", dtype="float64")  # square outputs for a batch of 4
+        step = bp.TrainStep(model, bp.losses.quadratic_loss, bp.optim.SGD(model.parameters(), lr=0.1))
+        rng = np.random.default_rng(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", bp.CaptureWarning)
+            for _ in range(5):
+                value, _ = step(rng.random((4, 6)), as_target(np.eye(4)[rng.integers(0, 4, 4)]))
+        assert step.mode in CAPTURED_MODES, step.mode
+        return [p.numpy() for p in model.parameters()], float(value)
+
+    _assert_same_training(train(np.asmatrix), train(np.asarray))
+
+
 def test_an_eager_step_follows_the_model_to_another_dtype(backend):
     # the 0-d lr that plain SGD starts backward from is made again for the new dtype: a float32 lr
     # left over would scale float64 gradients by a rounded lr (0.3 off by 4e-8)
