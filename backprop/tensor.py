@@ -220,16 +220,16 @@ def _backpropagate(root: Tensor, grad, retain_graph: bool, wanted):
 
     The nodes reached so far wait in a heap, newest first: every node is newer than its parents
     (creation order is a topological order), so a node is taken only after every node that feeds
-    it a gradient, in one pass without sorting the graph.
+    it a gradient, in one pass without sorting the graph. A node that is the only one waiting is
+    taken next without the heap (a chain of layers).
     """
     grad = _root_gradient(root, grad)
     if root._backward is None:
         return {id(root): root}, {id(root): grad}
     grads, kept, leaves = {id(root): grad}, {}, {}
-    waiting = [(-root._sequence, id(root), root)]  # the id breaks ties (copy.copy of a node)
-    while waiting:
-        node = heappop(waiting)[2]  # popped, so an intermediate tensor can go as soon as it is done
-        g = grads.pop(id(node))
+    waiting, node = [], root  # the id in a heap entry breaks ties (copy.copy of a node)
+    while True:
+        g = grads.pop(id(node))  # popped, so an intermediate tensor can go as soon as it is done
         if wanted and id(node) in wanted:
             kept[id(node)] = g
         parents, needs, sequence = node._parents, node._needs, node._sequence
@@ -245,6 +245,7 @@ def _backpropagate(root: Tensor, grad, retain_graph: bool, wanted):
                 f"the backward of {node._backward.__qualname__} returned {len(parent_grads)} gradients "
                 f"for {len(parents)} inputs"
             )
+        reached = None  # the first node this one reached first; more go straight to the heap
         for parent, pg, need in zip(parents, parent_grads, needs, strict=False):  # lengths checked above
             if parent._written > sequence:
                 _modified_in_place(node, parent)
@@ -259,10 +260,21 @@ def _backpropagate(root: Tensor, grad, retain_graph: bool, wanted):
                 grads[key], leaves[key] = pg, parent
             else:
                 grads[key] = pg
-                heappush(waiting, (-parent._sequence, key, parent))
+                if reached is None:
+                    reached = parent
+                else:
+                    heappush(waiting, (-parent._sequence, key, parent))
         if not retain_graph:
             node._parents, node._needs = (), ()
             node._backward = _graph_freed
+        if reached is not None:
+            if not waiting:  # a chain: the one node waiting is next, without the heap
+                node = reached
+                continue
+            heappush(waiting, (-reached._sequence, id(reached), reached))
+        if not waiting:
+            break
+        node = heappop(waiting)[2]
     grads.update(kept)
     return leaves, grads
 
