@@ -201,8 +201,9 @@ class BackendEntry:
     def compile_steps(self, step):
         """Several steps as one compiled call, where `compiles_steps` (else they run one by one).
         `step(state, numbers, x, y) -> (state, grads, loss, out)` is one step; the result is
-        called as `(state, grads, numbers, xs, ys) -> (state, grads, losses, outs)`, with a leading
-        axis of K on numbers, xs, ys, losses and outs, and grads carried from step to step."""
+        called as `(state, grads, numbers, xs, ys) -> (state, grads, losses, outs)`, with xs and
+        ys the lists of K batches (stacked inside the call), a leading axis of K on numbers,
+        losses and outs, and grads carried from step to step."""
         raise NotImplementedError(f"backend {self.name!r} does not compile several steps as one")
 
     def fast_path(self):
@@ -445,6 +446,9 @@ class JaxBackend(BackendEntry):
         import jax
 
         def steps(state, grads, numbers, xs, ys):
+            xs, ys = jax.numpy.stack(xs), jax.numpy.stack(ys)  # compiled: jnp.stack outside a jit
+            # converts each batch in a call of its own (0.5 ms for 100 batches, against 0.14 ms)
+
             def body(carry, inputs):
                 state, grads, loss, out = step(carry[0], *inputs)
                 return (state, grads), (loss, out)

@@ -158,7 +158,8 @@ def _run_and_take(program, inputs, take):
 class ScanReplay:
     """K steps of a verified traced replay as one compiled call: the backend entry's
     `compile_steps` (JAX: `jax.jit` of a `lax.scan` over the step's program). The batches come
-    stacked (a leading axis of K), so do the losses and outputs; the gradients are the last step's."""
+    as lists of K, stacked inside the call; the losses and outputs come back with a leading axis
+    of K; the gradients are the last step's."""
 
     mode = "jit-scan"
 

@@ -426,8 +426,7 @@ class TrainStep:
         many = self._scan(pairs)
         if many is None:
             return self._one_by_one(pairs)
-        xp = self.function.xp
-        xs, ys = xp.stack([x for x, _ in pairs]), xp.stack([y for _, y in pairs])
+        xs, ys = [x for x, _ in pairs], [y for _, y in pairs]  # stacked inside the compiled call
         if not many.verified:
             return self._verify_many(many, pairs, xs, ys)
         function = self.function

@@ -5,7 +5,8 @@
 - gemm: only the matrix products of that step, the physical bound where BLAS dominates;
 - torch: PyTorch eager, the way its tutorials train (on the CPU or a CUDA device);
 - torch.compile: the same PyTorch step with its forward and loss compiled (Inductor);
-- jax: a hand-written JAX step, a pure function of (params, x, y) compiled by `jax.jit`.
+- jax: a hand-written JAX step, a pure function of (params, x, y) compiled by `jax.jit`, and
+  the same step over several batches a call (one `jax.jit` over a `jax.lax.scan`).
 Weights are (in, out) and rows are samples throughout, as in backprop. The array peers take the
 module they run on, `xp`: NumPy itself, or CuPy for the same code on a GPU.
 """
@@ -177,6 +178,28 @@ def jax_step_factory(sizes, activation: str, loss: str, dtype, lr, params) -> Ja
     under it (Python numbers such as `lr` are weakly typed and take the arrays' dtype).
     """
     import jax
+
+    update, start = _jax_update(sizes, activation, loss, dtype, lr, params)
+    return JaxStep(jax.jit(update, donate_argnums=0), start)
+
+
+def jax_scan_factory(sizes, activation: str, loss: str, dtype, lr, params) -> JaxStep:
+    """The same step over several batches a call, as a JAX user writes Keras's
+    `steps_per_execution`: `step(xs, ys)` with the batches stacked on a first axis, one `jax.jit`
+    over a `jax.lax.scan` of the update (the params donated, as above)."""
+    import jax
+
+    update, start = _jax_update(sizes, activation, loss, dtype, lr, params)
+
+    def many(params, xs, ys):
+        return jax.lax.scan(lambda p, batch: (update(p, *batch), None), params, (xs, ys))[0]
+
+    return JaxStep(jax.jit(many, donate_argnums=0), start)
+
+
+def _jax_update(sizes, activation: str, loss: str, dtype, lr, params):
+    """`update(params, x, y) -> new params` (one SGD step, uncompiled) and the params as JAX arrays."""
+    import jax
     import jax.numpy as jnp
 
     jax.config.update("jax_enable_x64", True)
@@ -202,7 +225,7 @@ def jax_step_factory(sizes, activation: str, loss: str, dtype, lr, params) -> Ja
 
     if len(params) != 2 * (len(sizes) - 1):
         raise ValueError(f"{len(params)} arrays for {len(sizes) - 1} layers: give each its weights and bias")
-    return JaxStep(jax.jit(update, donate_argnums=0), [jnp.array(p, dtype=dtype) for p in params])
+    return update, [jnp.array(p, dtype=dtype) for p in params]
 
 
 # --- AE: the sparse-autoencoder gradient (the UFLDL tutorial's setting), per sample and vectorized ---

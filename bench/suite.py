@@ -40,6 +40,7 @@ HAVE_TORCH = importlib.util.find_spec("torch") is not None
 LOOP = "loop (per-sample)"
 JAX_JIT = "jax.jit (hand-written)"
 PER_CALL = 100  # S's steps per call of a backend that compiles several steps as one (JAX)
+JAX_SCAN = f"jax.lax.scan (hand-written, {PER_CALL} steps a call)"
 
 
 @dataclass
@@ -146,9 +147,12 @@ def targets(config: str, dev: Device) -> list[Target]:
     jax_target = Target(jax_text, jax_captured, JAX_JIT, 1.05, at_most=True)
     jax_many = dev.ours("jax", captured=True, per_call=PER_CALL)
     jax_many_target = Target(f"{jax_many} within 0.85x of the NumPy floor", jax_many, dev.floor, 0.85, at_most=True)
+    jax_scan_text = f"{jax_many} within 1.05x of the hand-written jax.lax.scan"
+    jax_scan_target = Target(jax_scan_text, jax_many, JAX_SCAN, 1.05, at_most=True)
     return {
         "S": [
             jax_many_target,
+            jax_scan_target,
             Target("backprop within 1.15x of the NumPy floor", eager, dev.floor, 1.15, at_most=True),
             Target("backprop, captured, within 1.15x of the NumPy floor", captured, dev.floor, 1.15, at_most=True),
             Target("backprop, captured, >= 4x faster than PyTorch eager", dev.torch, captured, 4.0, at_most=False),
@@ -293,6 +297,21 @@ def _jax_peer(net: Net, params, batches, scale=1.0) -> Candidate:
     return Candidate(run, scale, sync=lambda: BACKENDS["jax"].synchronize(step.params))
 
 
+def _jax_scan_peer(net: Net, params, batches, per_call: int, scale=1.0) -> Candidate:
+    """The hand-written jax.lax.scan step, `per_call` batches a call (stacked beforehand)."""
+    import jax.numpy as jnp
+
+    step = peers.jax_scan_factory(list(net.sizes), net.activation, net.loss, net.dtype, net.lr, params)
+    stacked = [batches[i : i + per_call] for i in range(0, len(batches), per_call)]
+    data = [(jnp.asarray(np.stack([x for x, _ in run])), jnp.asarray(np.stack([y for _, y in run]))) for run in stacked]
+
+    def run():
+        for xs, ys in data:
+            step(xs, ys)
+
+    return Candidate(run, scale, sync=lambda: BACKENDS["jax"].synchronize(step.params))
+
+
 def _uniform(batches) -> list:
     """The batches, checked to be of one shape: a compiled peer compiles once, in the warm-up."""
     shapes = {(x.shape, y.shape) for x, y in batches}
@@ -335,6 +354,8 @@ def config_s(dev: Device, dtype: str, steps: int) -> Config:
         if BACKENDS[backend].compiles_steps and steps % PER_CALL == 0:
             candidate = _backprop(net, params, batches, backend, where, True, dev.sync, epoch, PER_CALL)
             candidates[dev.ours(label, captured=True, per_call=PER_CALL)] = candidate
+    if JAX_JIT in candidates and steps % PER_CALL == 0:  # its K-step peer beside the one-step one
+        candidates[JAX_SCAN] = _jax_scan_peer(net, params, batches, PER_CALL, epoch)
     if dev.name == "cpu":  # the loop runs a tenth of the steps, scaled up
         loop = _array_peer(peers.sigmoid_loop_step, params, batches[: steps // 10], net.lr, np, None, epoch * 10, True)
         candidates[LOOP] = loop

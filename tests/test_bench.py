@@ -163,6 +163,20 @@ def test_the_jax_jit_peer_reaches_the_numpy_steps_parameters(suite, kind, dtype)
     _assert_params_close([np.asarray(p) for p in step.params], expected, dtype)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", ["S", "L"])
+def test_the_jax_scan_peer_reaches_the_numpy_steps_parameters(suite, kind, dtype):
+    # every batch in one call: the scan runs the steps in order, each from the last one's params
+    import numpy as np
+
+    pytest.importorskip("jax", reason="the jax.lax.scan peer needs JAX: pip install jax")
+    params, batches, expected = _small_run(suite, kind, dtype)
+    sizes, activation, loss, _, lr = SMALL_NETS[kind]
+    step = suite.peers.jax_scan_factory(sizes, activation, loss, dtype, lr, params)
+    step(np.stack([x for x, _ in batches]), np.stack([y for _, y in batches]))
+    _assert_params_close([np.asarray(p) for p in step.params], expected, dtype)
+
+
 @pytest.mark.parametrize("factory", ["torch_step_factory", "torch_compile_step_factory"])
 @pytest.mark.parametrize("kind", ["S", "L"])
 def test_the_torch_peers_reach_the_numpy_steps_parameters(suite, kind, factory):

@@ -78,11 +78,11 @@ def test_k_steps_that_keep_no_gradients_carry_none_and_give_what_single_steps_gi
 def _python_scan(step):
     """A stand-in for a compiled multi-step call, on any backend: the same contract, in Python."""
 
-    def steps(state, grads, numbers, xs, ys):
-        xp = bp.backend.namespace_of(xs)
+    def steps(state, grads, numbers, xs, ys):  # xs, ys: the lists of K batches
+        xp = bp.backend.namespace_of(xs[0])
         losses, outs = [], []
-        for k in range(xs.shape[0]):
-            state, grads, loss, out = step(state, [n[k] for n in numbers], xs[k, ...], ys[k, ...])
+        for k in range(len(xs)):
+            state, grads, loss, out = step(state, [n[k] for n in numbers], xs[k], ys[k])
             losses.append(loss)
             outs.append(out)
         return state, grads, xp.stack(losses), xp.stack(outs)
@@ -104,7 +104,7 @@ def test_the_multi_step_protocol_on_every_backend(backend, monkeypatch):
 def test_steps_that_differ_as_one_call_run_one_by_one_with_a_warning(monkeypatch):
     def wrong(self, step):
         steps = _python_scan(step)
-        return lambda state, grads, numbers, xs, ys: steps(state, grads, numbers, xs * 1.5, ys)
+        return lambda state, grads, numbers, xs, ys: steps(state, grads, numbers, [x * 1.5 for x in xs], ys)
 
     monkeypatch.setattr(BackendEntry, "compile_steps", wrong)
     monkeypatch.setattr(BackendEntry, "compiles_steps", True)
