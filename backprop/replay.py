@@ -27,6 +27,7 @@ class NumberTable:
         self.dtypes = list({p.data.dtype: p for p in params})
         self.xp, self.device = xp, params[0].device
         self._numbers, self._arrays = None, None  # the last numbers given, and their arrays
+        self._steps, self._stacked = None, None  # the same for `stacked`
 
     def __len__(self) -> int:
         return len(self.names) * len(self.dtypes)
@@ -44,8 +45,11 @@ class NumberTable:
 
     def stacked(self, steps: list) -> list:
         """The numbers of several steps (a dict each), as `arrays` gives them with a leading axis:
-        one entry per step."""
-        return self._as_arrays([list(column) for column in zip(*map(self.values, steps), strict=True)])
+        one entry per step (the last ones again when nothing changed: a constant lr)."""
+        if steps != self._steps:
+            self._stacked = self._as_arrays([list(column) for column in zip(*map(self.values, steps), strict=True)])
+            self._steps = [dict(numbers) for numbers in steps]
+        return self._stacked
 
     def _as_arrays(self, values: list) -> list:
         dtypes = [dtype for dtype in self.dtypes for _ in self.names]

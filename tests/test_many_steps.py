@@ -236,3 +236,24 @@ def test_fit_casts_floating_data_to_the_models_dtype_and_leaves_integers_alone()
     assert inputs.dtype == np.float64 and targets.dtype == np.float64
     inputs, targets = _pair((ids, ids), "the data", "float64")  # token ids, class labels
     assert inputs.dtype == ids.dtype and targets.dtype == ids.dtype
+
+
+def test_k_steps_follow_a_learning_rate_changed_between_calls(backend):
+    # a call's stacked numbers are made again when they change (a schedule between calls), and
+    # taken as they are when they do not (a constant lr)
+    def run(per_call):
+        bp.manual_seed(1)
+        model = bp.nn.mlp([7, 6, 5], "tanh", dtype="float64")
+        opt = bp.optim.SGD(model.parameters(), lr=0.1)
+        step = bp.TrainStep(model, bp.losses.cross_entropy, opt, keep_grads=False)
+        batches = _batches(24, np.random.default_rng(0))
+        for i in range(0, 24, per_call):
+            if i == 12:
+                opt.lr = 0.05
+            step.run_many(batches[i : i + per_call]) if per_call > 1 else step(*batches[i])
+        return [p.numpy() for p in model.parameters()], step.mode
+
+    (many, mode), (one, _) = run(4), run(1)
+    assert ("jit-scan" == mode) == BACKENDS[backend].compiles_steps, mode
+    for got, want in zip(many, one, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
