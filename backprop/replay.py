@@ -40,7 +40,7 @@ class NumberTable:
         """This step's numbers as arrays (the last ones again when nothing changed)."""
         if numbers != self._numbers:
             self._arrays = self._as_arrays(self.values(numbers))
-            self._numbers = dict(numbers)
+            self._numbers = dict(numbers) if _plain([numbers]) else None
         return self._arrays
 
     def stacked(self, steps: list) -> list:
@@ -48,7 +48,7 @@ class NumberTable:
         one entry per step (the last ones again when nothing changed: a constant lr)."""
         if steps != self._steps:
             self._stacked = self._as_arrays([list(column) for column in zip(*map(self.values, steps), strict=True)])
-            self._steps = [dict(numbers) for numbers in steps]
+            self._steps = [dict(numbers) for numbers in steps] if _plain(steps) else None
         return self._stacked
 
     def _as_arrays(self, values: list) -> list:
@@ -62,6 +62,12 @@ class NumberTable:
             raise ValueError(f"{len(arrays)} step numbers for a table of {len(self)}")
         it = iter(arrays)
         return {dtype: {name: next(it) for name in self.names} for dtype in self.dtypes}
+
+
+def _plain(steps: list) -> bool:
+    """Whether every number in `steps` (dicts) is a Python number: arrays made from them are
+    taken again while the numbers compare equal (not from arrays: one may change in place)."""
+    return all(isinstance(value, (float, int)) for numbers in steps for value in numbers.values())
 
 
 class TracedReplay:
@@ -162,8 +168,7 @@ def _run_and_take(program, inputs, take):
 class ScanReplay:
     """K steps of a verified traced replay as one compiled call: the backend entry's
     `compile_steps` (JAX: `jax.jit` of a `lax.scan` over the step's program). The batches come
-    as lists of K, stacked inside the call; the losses and outputs come back with a leading axis
-    of K; the gradients are the last step's."""
+    stacked (a leading axis of K), so do the losses and outputs; the gradients are the last step's."""
 
     mode = "jit-scan"
 

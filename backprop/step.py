@@ -426,7 +426,8 @@ class TrainStep:
         many = self._scan(pairs)
         if many is None:
             return self._one_by_one(pairs)
-        xs, ys = [x for x, _ in pairs], [y for _, y in pairs]  # stacked inside the compiled call
+        stack = backend_of(self.function.xp).stack_batches
+        xs, ys = stack([x for x, _ in pairs]), stack([y for _, y in pairs])
         if not many.verified:
             return self._verify_many(many, pairs, xs, ys)
         function = self.function

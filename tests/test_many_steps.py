@@ -78,11 +78,11 @@ def test_k_steps_that_keep_no_gradients_carry_none_and_give_what_single_steps_gi
 def _python_scan(step):
     """A stand-in for a compiled multi-step call, on any backend: the same contract, in Python."""
 
-    def steps(state, grads, numbers, xs, ys):  # xs, ys: the lists of K batches
-        xp = bp.backend.namespace_of(xs[0])
+    def steps(state, grads, numbers, xs, ys):
+        xp = bp.backend.namespace_of(xs)
         losses, outs = [], []
-        for k in range(len(xs)):
-            state, grads, loss, out = step(state, [n[k] for n in numbers], xs[k], ys[k])
+        for k in range(xs.shape[0]):
+            state, grads, loss, out = step(state, [n[k] for n in numbers], xs[k, ...], ys[k, ...])
             losses.append(loss)
             outs.append(out)
         return state, grads, xp.stack(losses), xp.stack(outs)
@@ -104,7 +104,7 @@ def test_the_multi_step_protocol_on_every_backend(backend, monkeypatch):
 def test_steps_that_differ_as_one_call_run_one_by_one_with_a_warning(monkeypatch):
     def wrong(self, step):
         steps = _python_scan(step)
-        return lambda state, grads, numbers, xs, ys: steps(state, grads, numbers, [x * 1.5 for x in xs], ys)
+        return lambda state, grads, numbers, xs, ys: steps(state, grads, numbers, xs * 1.5, ys)
 
     monkeypatch.setattr(BackendEntry, "compile_steps", wrong)
     monkeypatch.setattr(BackendEntry, "compiles_steps", True)
@@ -256,4 +256,36 @@ def test_k_steps_follow_a_learning_rate_changed_between_calls(backend):
     (many, mode), (one, _) = run(4), run(1)
     assert ("jit-scan" == mode) == BACKENDS[backend].compiles_steps, mode
     for got, want in zip(many, one, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+class _BufferedSGD(bp.optim.SGD):  # its lr is a host array that a schedule changes in place
+    def numbers(self):
+        if not hasattr(self, "buffer"):
+            self.buffer = np.array(0.1)
+        return {"lr": self.buffer}
+
+
+@pytest.mark.parametrize("per_call", [1, 4])
+def test_step_numbers_given_as_an_array_changed_in_place_reach_the_replays(backend, per_call):
+    # numbers are taken again only while they are Python numbers that compare equal: an array
+    # compares equal to itself after an in-place change
+    if backend not in ("numpy", "jax"):
+        pytest.skip(f"{backend}'s eager ops take no NumPy array as an operand")
+
+    def run(capture):
+        bp.manual_seed(1)
+        model = bp.nn.mlp([7, 6, 5], "tanh", dtype="float64")
+        opt = _BufferedSGD(model.parameters(), lr=0.1)
+        step = bp.TrainStep(model, bp.losses.cross_entropy, opt, keep_grads=False, capture=capture)
+        batches = _batches(24, np.random.default_rng(0))
+        for i in range(0, 24, per_call):
+            if i == 16:
+                opt.buffer[...] = 0.02
+            step.run_many(batches[i : i + per_call]) if per_call > 1 else step(*batches[i])
+        return [p.numpy() for p in model.parameters()], step.mode
+
+    (replayed, mode), (eager, _) = run(True), run(False)
+    assert mode != "eager", mode
+    for got, want in zip(replayed, eager, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
