@@ -230,8 +230,8 @@ class StepFunction:
             self.set_grads(leaf_gradients(loss, self.params))
             if self.gradient_hooks:
                 self._run_hooks()
-        else:  # gradients already times lr, which no one else sees: not even a `.grad` for a moment;
-            grads = leaf_gradients(loss, self.optimizer.params, lr, hand_over=False)  # in update's order
+        else:  # already times lr, in the optimizer's order, and seen by no one (not even as a .grad)
+            grads = leaf_gradients(loss, self.optimizer.params, lr, hand_over=False)
         if numbers_of is None:
             numbers = self.optimizer.start_step()
             numbers_of = lambda p: numbers

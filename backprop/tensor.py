@@ -245,7 +245,7 @@ def _backpropagate(root: Tensor, grad, retain_graph: bool, wanted):
                 f"the backward of {node._backward.__qualname__} returned {len(parent_grads)} gradients "
                 f"for {len(parents)} inputs"
             )
-        reached = None  # the first node this one reached first; more go straight to the heap
+        reached = None  # the first parent reached for the first time (any more go to the heap)
         for parent, pg, need in zip(parents, parent_grads, needs, strict=False):  # lengths checked above
             if parent._written > sequence:
                 _modified_in_place(node, parent)
