@@ -179,8 +179,8 @@ class _OutsideScale(_TwoLayers):  # a tensor that requires a gradient but is no 
 @pytest.mark.parametrize("capture", [True, False])
 def test_a_step_gives_gradients_to_its_parameters_only(backend, capture, optimizer):
     # as Keras's train_step: a tensor outside the model's parameters and the optimizer's gets no
-    # gradient, eager or replayed; plain SGD starts backward from lr, so a gradient there would
-    # also be lr times too small
+    # gradient (a replay never gave it one; with it the step cannot be captured, and says why);
+    # plain SGD starts backward from lr, so a gradient there would also be lr times too small
     for keep_grads in (True, False):
         bp.manual_seed(3)
         model = _OutsideScale()
@@ -210,7 +210,7 @@ def _swapped(model):  # two weights of one shape listed the other way round
     return [params[2], params[1], params[0], *params[3:]]
 
 
-def _twice(model):  # PyTorch's SGD also steps a parameter listed twice twice
+def _twice(model):  # a parameter listed twice is stepped twice, as a step reading .grad does
     return [model.parameters()[0], *model.parameters()]
 
 
