@@ -285,10 +285,14 @@ def leaf_gradients(root: Tensor, leaves: list, upstream=None, hand_over: bool = 
     no other tensor gets one. With `hand_over`, each is its own writable array (as `backward`
     gives); without, they are backward's own: two leaves may get one array, or a read-only view,
     for a caller that only reads them (a step that subtracts them as they come)."""
-    _, grads = _backpropagate(root, upstream, False, ())
+    return _gradients(root, leaves, upstream, False, (), hand_over)  # a leaf's gradient is kept anyway
+
+
+def _gradients(root: Tensor, tensors: list, upstream, retain_graph: bool, wanted, hand_over: bool) -> list:
+    _, grads = _backpropagate(root, upstream, retain_graph, wanted)
     if hand_over:
-        _hand_over(grads, leaves, upstream)
-    return [grads.get(id(leaf)) for leaf in leaves]
+        _hand_over(grads, tensors, upstream)
+    return [grads.get(id(t)) for t in tensors]
 
 
 def mark_written(tensors) -> None:
@@ -333,9 +337,8 @@ def grad(output: Tensor, inputs, grad_output=None, retain_graph: bool = False):
     [2.0, 4.0, 6.0]
     """
     inputs = list(inputs)
-    _, grads = _backpropagate(output, grad_output, retain_graph, wanted={id(t) for t in inputs})
-    _hand_over(grads, inputs, grad_output)
-    return [grads[id(t)] if id(t) in grads else t.xp.zeros_like(t.data) for t in inputs]
+    found = _gradients(output, inputs, grad_output, retain_graph, {id(t) for t in inputs}, hand_over=True)
+    return [t.xp.zeros_like(t.data) if g is None else g for g, t in zip(found, inputs, strict=True)]
 
 
 class no_grad:

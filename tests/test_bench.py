@@ -151,29 +151,20 @@ def _assert_params_close(got, expected, dtype: str):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("kind", ["S", "L"])
-def test_the_jax_jit_peer_reaches_the_numpy_steps_parameters(suite, kind, dtype):
+@pytest.mark.parametrize("factory", ["jax_step_factory", "jax_scan_factory"])
+def test_the_jax_peers_reach_the_numpy_steps_parameters(suite, factory, kind, dtype):
+    # the scan takes every batch in one call: it runs the steps in order, each from the last one's params
     import numpy as np
 
-    pytest.importorskip("jax", reason="the jax.jit peer needs JAX: pip install jax")
+    pytest.importorskip("jax", reason="the JAX peers need JAX: pip install jax")
     params, batches, expected = _small_run(suite, kind, dtype)
     sizes, activation, loss, _, lr = SMALL_NETS[kind]
-    step = suite.peers.jax_step_factory(sizes, activation, loss, dtype, lr, params)
-    for x, y in batches:
-        step(x, y)
-    _assert_params_close([np.asarray(p) for p in step.params], expected, dtype)
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("kind", ["S", "L"])
-def test_the_jax_scan_peer_reaches_the_numpy_steps_parameters(suite, kind, dtype):
-    # every batch in one call: the scan runs the steps in order, each from the last one's params
-    import numpy as np
-
-    pytest.importorskip("jax", reason="the jax.lax.scan peer needs JAX: pip install jax")
-    params, batches, expected = _small_run(suite, kind, dtype)
-    sizes, activation, loss, _, lr = SMALL_NETS[kind]
-    step = suite.peers.jax_scan_factory(sizes, activation, loss, dtype, lr, params)
-    step(np.stack([x for x, _ in batches]), np.stack([y for _, y in batches]))
+    step = getattr(suite.peers, factory)(sizes, activation, loss, dtype, lr, params)
+    if factory == "jax_scan_factory":
+        step(np.stack([x for x, _ in batches]), np.stack([y for _, y in batches]))
+    else:
+        for x, y in batches:
+            step(x, y)
     _assert_params_close([np.asarray(p) for p in step.params], expected, dtype)
 
 
