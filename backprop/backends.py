@@ -199,11 +199,12 @@ class BackendEntry:
         """Record `function(*inputs)` as a device graph without running it: (launch, outputs, keep)."""
         raise NotImplementedError(f"backend {self.name!r} has no device graphs (its capture is {self.capture!r})")
 
-    def compile_steps(self, step):
+    def compile_steps(self, step, donate_state: bool = False):
         """Several steps as one compiled call, where `compiles_steps` (else they run one by one).
         `step(state, numbers, x, y) -> (state, grads, loss, out)` is one step; the result is
         called as `(state, grads, numbers, xs, ys) -> (state, grads, losses, outs)`, with a leading
-        axis of K on numbers, xs, ys, losses and outs, and grads carried from step to step."""
+        axis of K on numbers, xs, ys, losses and outs, and grads carried from step to step.
+        `donate_state`: the call may consume the state arrays it is given (as `compile`'s `donated`)."""
         raise NotImplementedError(f"backend {self.name!r} does not compile several steps as one")
 
     def stack_batches(self, batches: list):
@@ -446,7 +447,7 @@ class JaxBackend(BackendEntry):
             donated = ()
         return jax.jit(program, donate_argnums=tuple(donated))
 
-    def compile_steps(self, step):
+    def compile_steps(self, step, donate_state: bool = False):
         import jax
 
         def steps(state, grads, numbers, xs, ys):
@@ -457,7 +458,9 @@ class JaxBackend(BackendEntry):
             (state, grads), (losses, outs) = jax.lax.scan(body, (state, grads), (numbers, xs, ys))
             return state, grads, losses, outs
 
-        return jax.jit(steps)
+        if jax.config.jax_debug_nans or jax.config.jax_debug_infs:  # as in `compile`
+            donate_state = False
+        return jax.jit(steps, donate_argnums=(0,) if donate_state else ())
 
     def stack_batches(self, batches: list):
         # compiled: jnp.stack outside a jit converts each batch in a call of its own (100 batches:

@@ -168,7 +168,12 @@ def _run_and_take(program, inputs, take):
 class ScanReplay:
     """K steps of a verified traced replay as one compiled call: the backend entry's
     `compile_steps` (JAX: `jax.jit` of a `lax.scan` over the step's program). The batches come
-    stacked (a leading axis of K), so do the losses and outputs; the gradients are the last step's."""
+    stacked (a leading axis of K), so do the losses and outputs; the gradients are the last step's.
+
+    Where the single replay owns the whole state (JAX donates it), so does this call: it consumes
+    the state it is given, and both hand a compiled call only arrays that one of them returned
+    (any other is copied first), so that K-step and single calls can follow each other freely.
+    """
 
     mode = "jit-scan"
 
@@ -178,29 +183,36 @@ class ScanReplay:
         gradients = layout.split_outputs(program.trace.outputs)[1]
         self._has_grad = [g is not None for g in gradients]  # a frozen parameter's is None
         self._zeros = None
+        self.donates = replay.donated == range(layout.state)
 
         def step(state, numbers, x, y):
             state, grads, loss, out = layout.split_outputs(program(*state, *numbers, x, y))
             return list(state), list(grads), loss, out
 
-        self.program = compile_steps(step)
+        self.program = compile_steps(step, donate_state=self.donates)
 
     def __call__(self, xs, ys, state: list | None = None):
-        function = self.replay.function
+        replay = self.replay
+        function = replay.function
         numbers = [function.optimizer.start_step() for _ in range(self.k)]
         for p in function.params:
             p.grad = None
         state = function.state() if state is None else state
+        if self.donates:
+            state = replay._owned(state)
         if self._zeros is None:  # the gradients the scan carries in (each step makes its own)
             xp = function.xp
             self._zeros = [
                 xp.zeros_like(p.data) if has else None for p, has in zip(function.params, self._has_grad, strict=True)
             ]
+        inputs = (state, self._zeros, replay.numbers.stacked(numbers), xs, ys)
+        return _run_and_take(self.program, inputs, self._take)
+
+    def _take(self, results) -> tuple:
+        if self.donates:
+            self.replay._returned = list(results[0])
         layout = self.replay.layout
-        inputs = (state, self._zeros, self.replay.numbers.stacked(numbers), xs, ys)
-        return _run_and_take(
-            self.program, inputs, lambda results: function.take_outputs(layout, layout.outputs(*results))
-        )
+        return self.replay.function.take_outputs(layout, layout.outputs(*results))
 
 
 class GraphReplay:

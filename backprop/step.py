@@ -53,8 +53,10 @@ last replay returned are consumed by the next one, so an array taken from a para
 two replays is deleted by the second (copy it to keep it: `bp.to_numpy`); arrays that the last
 replay did not return (a load, an eager step, an array of yours) are copied first, never consumed,
 and a step that calls out of the array library (a host callback: an MPI all-reduce) donates
-nothing, since such a call can fail after XLA consumed its inputs. An interrupt that arrives once
-the compiled step has run leaves its results as the state, counted.
+nothing, since such a call can fail after XLA consumed its inputs. A call of K steps
+(`run_many`, `run_stacked`) donates in the same way, and a replay of either kind takes what the
+other returned. An interrupt that arrives once the compiled step has run leaves its results as
+the state, counted.
 
 >>> import backprop as bp
 >>> bp.manual_seed(0)
@@ -305,14 +307,16 @@ class StepFunction:
 
         return step
 
-    def key(self, x, y) -> tuple:
+    def key(self, x, y, stacked: bool = False) -> tuple:
         """What a capture depends on that may differ from call to call: the batch's shapes and
         dtypes, and the Python numbers that the loss and the gradient hooks name in their
-        `hyperparameters`. One capture is kept per key."""
+        `hyperparameters`. One capture is kept per key. `stacked`: x and y are K batches (a
+        leading axis of K), and the key is that of one of them."""
+        x_shape, y_shape = (x.shape[1:], y.shape[1:]) if stacked else (x.shape, y.shape)
         if self._with_numbers:
             numbers = tuple([tuple([getattr(f, name) for name in f.hyperparameters]) for f in self._with_numbers])
-            return x.shape, x.dtype, y.shape, y.dtype, numbers
-        return x.shape, x.dtype, y.shape, y.dtype
+            return x_shape, x.dtype, y_shape, y.dtype, numbers
+        return x_shape, x.dtype, y_shape, y.dtype
 
     def fingerprint(self, state: list) -> tuple:
         """What every capture depends on besides array values, checked when backprop.changes
@@ -412,7 +416,7 @@ class TrainStep:
         `steps_per_execution`). Where the backend compiles several steps as one (JAX: a
         `lax.scan` over the captured step), the K steps are one call once the single step is
         captured and checked (the first such call is checked against K single steps); elsewhere
-        they are a loop of single steps.
+        they are a loop of single steps. Batches already stacked go to `run_stacked`.
         """
         pairs = [tuple(a.data if isinstance(a, Tensor) else a for a in pair) for pair in batches]
         if not pairs:
@@ -423,13 +427,43 @@ class TrainStep:
                 shapes = " and ".join(f"{tuple(a.shape)} {a.dtype}" for a in pair)
                 expected = " and ".join(f"{tuple(shape)} {dtype}" for shape, dtype in first)
                 raise ValueError(f"run_many: batch {i} is {shapes}, batch 0 {expected}: the batches must be alike")
-        many = self._scan(pairs)
+        many = self._scan(*pairs[0], len(pairs))
         if many is None:
             return self._one_by_one(pairs)
         stack = backend_of(self.function.xp).stack_batches
-        xs, ys = stack([x for x, _ in pairs]), stack([y for _, y in pairs])
+        return self._run_scan(many, stack([x for x, _ in pairs]), stack([y for _, y in pairs]), pairs)
+
+    def run_stacked(self, inputs, targets):
+        """K steps, the k-th on the batch (inputs[k], targets[k]): `run_many` of batches that are
+        stacked already (a leading axis of K steps, then the batch axis), without the copy that
+        stacking them takes each call. The same (losses, outputs), with a leading axis of K.
+
+        >>> import numpy as np, backprop as bp
+        >>> model = bp.nn.mlp([3, 4, 2], "tanh", dtype="float64")
+        >>> step = bp.TrainStep(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), lr=0.1))
+        >>> losses, outs = step.run_stacked(np.ones((5, 8, 3)), np.zeros((5, 8), dtype=np.int64))
+        >>> tuple(losses.shape), tuple(outs.shape)
+        ((5,), (5, 8, 2))
+        """
+        xs = inputs.data if isinstance(inputs, Tensor) else inputs
+        ys = targets.data if isinstance(targets, Tensor) else targets
+        for what, a in (("inputs", xs), ("targets", ys)):
+            if len(getattr(a, "shape", ())) < 2:
+                shape = tuple(a.shape) if hasattr(a, "shape") else type(a).__name__
+                raise ValueError(f"run_stacked: {what} must have an axis of steps and then a batch axis, got {shape}")
+        if xs.shape[0] != ys.shape[0] or xs.shape[0] < 1:
+            raise ValueError(f"run_stacked: inputs {tuple(xs.shape)} and targets {tuple(ys.shape)} need one "
+                             "leading length, the number of steps (at least 1)")  # fmt: skip
+        many = self._scan(xs, ys, xs.shape[0], stacked=True)
+        if many is None:
+            return self._one_by_one(_unstacked(xs, ys))
+        return self._run_scan(many, xs, ys)
+
+    def _run_scan(self, many, xs, ys, pairs=None):
+        """The K steps of `many` on stacked batches; checked first if never yet (`pairs`: the
+        batches one by one, where the caller has them)."""
         if not many.verified:
-            return self._verify_many(many, pairs, xs, ys)
+            return self._verify_many(many, _unstacked(xs, ys) if pairs is None else pairs, xs, ys)
         function = self.function
         losses, outs = self._counted(many, xs, ys, function.state())  # _scan has run the guard
         self.mode, self._state, self._last = many.mode, function.installed, many.replay
@@ -447,20 +481,21 @@ class TrainStep:
                 function.optimizer.steps = steps
             raise
 
-    def _scan(self, pairs):
-        """The ScanReplay for these batches, or None (they run one by one): the backend compiles
-        several steps as one, and this shape's single step is captured and checked."""
-        if not self.capture or not is_grad_enabled() or len(pairs) < 2:
+    def _scan(self, x, y, k: int, stacked: bool = False):
+        """The ScanReplay of `k` steps on batches like (x, y) (`stacked`: their stack), or None
+        (they run one by one): the backend compiles several steps as one, and this shape's single
+        step is captured and checked."""
+        if not self.capture or not is_grad_enabled() or k < 2:
             return None
         entry = backend_of(self.function.xp)
         if not entry.compiles_steps:
             return None
         self._checked_state()
-        key = (self.function.key(*pairs[0]), len(pairs))
-        replay = self._captures.get(key[0])
-        if key not in self._many and isinstance(replay, TracedReplay) and replay.verified:
-            self._many[key] = ScanReplay(replay, key, len(pairs), entry.compile_steps)
-        return self._many.get(key)
+        key = self.function.key(x, y, stacked)
+        replay = self._captures.get(key)
+        if (key, k) not in self._many and isinstance(replay, TracedReplay) and replay.verified:
+            self._many[key, k] = ScanReplay(replay, (key, k), k, entry.compile_steps)
+        return self._many.get((key, k))
 
     def _verify_many(self, many, pairs, xs, ys):
         """Run the K steps as one call, undo them, and run them one by one: both must agree (once)."""
@@ -614,6 +649,11 @@ def _difference(old: tuple, new: tuple) -> str:
     if hyper:
         return "an optimizer hyper-parameter changes"
     return "the optimizer's state changes" if names else "a parameter or state shape or dtype changes"
+
+
+def _unstacked(xs, ys) -> list:
+    """The K batches (xs[k], ys[k]) of stacked batches."""
+    return [(xs[k, ...], ys[k, ...]) for k in range(xs.shape[0])]
 
 
 def _first_mismatch(replayed: list, eager: list) -> str | None:

@@ -294,15 +294,15 @@ class _Tally:
         if len(self.losses) == self.FLUSH:
             self._flush()
 
-    def add_many(self, losses, outs, targets: list) -> None:
-        """Several steps at once: their losses (K,), outputs (K, batch, ...) and K target arrays."""
+    def add_many(self, losses, outs, targets) -> None:
+        """Several steps at once: their losses (K,), outputs (K, batch, ...) and targets (K, batch, ...)."""
         if self.copies:
             losses, outs = copy_array(losses), copy_array(outs)
         self.stacked.append(losses)
         self.stacked_sizes += [outs.shape[1]] * outs.shape[0]
         if self.accuracy:
             self.outs.append(self.xp.reshape(outs, (-1, *outs.shape[2:])))
-            self.targets += targets
+            self.targets.append(self.xp.reshape(targets, (-1, *targets.shape[2:])))
         if len(self.stacked_sizes) >= self.FLUSH:
             self._flush()
 
@@ -326,7 +326,7 @@ class _Tally:
     def _clear(self) -> None:
         """Nothing kept: the sums so far hold every step flushed."""
         self.losses, self.sizes, self.outs, self.targets = [], [], [], []
-        self.stacked, self.stacked_sizes = [], []  # losses of several steps, one array each (run_many)
+        self.stacked, self.stacked_sizes = [], []  # losses of several steps, one array each (run_stacked)
 
     def record(self, reduce_sums=None) -> dict:
         """The mean loss (and accuracy); `reduce_sums` adds up the sums of every rank first."""
@@ -367,32 +367,24 @@ def _output_width(model, batches: Batches) -> int:
 
 
 def _run_epoch(step: TrainStep, batches: Batches, metrics, bar, reduce_sums=None, per_call: int = 1) -> dict:
-    """One pass over `batches`, `per_call` alike batches to a call of the step (an epoch's last,
-    smaller batch and the batches of an unfinished group run one by one)."""
+    """One pass over `batches`, `per_call` batches to a call of the step, stacked in one piece
+    each (`Batches.groups`); an epoch's last, smaller batch and the batches of an unfinished
+    group run one by one."""
     tally = _Tally(batches.xp, metrics)
-    group: list = []
-    for inputs, targets in batches:
-        if group and (inputs.shape, targets.shape) != (group[0][0].shape, group[0][1].shape):
-            _run_steps(step, group, per_call, tally, bar)
-            group = []
-        group.append((inputs, targets))
-        if len(group) == per_call:
-            _run_steps(step, group, per_call, tally, bar)
-            group = []
-    _run_steps(step, group, per_call, tally, bar)
+    if per_call == 1:
+        for inputs, targets in batches:
+            tally.add(*step(inputs, targets), targets)
+            bar.update(1)
+        return tally.record(reduce_sums)
+    for inputs, targets, stacked in batches.groups(per_call):
+        if stacked:
+            losses, outs = step.run_stacked(inputs, targets)
+            tally.add_many(losses, outs, targets)
+            bar.update(per_call)
+        else:
+            tally.add(*step(inputs, targets), targets)
+            bar.update(1)
     return tally.record(reduce_sums)
-
-
-def _run_steps(step: TrainStep, group: list, per_call: int, tally, bar) -> None:
-    if len(group) == per_call > 1:
-        losses, outs = step.run_many(group)
-        tally.add_many(losses, outs, [targets for _, targets in group])
-        bar.update(len(group))
-        return
-    for inputs, targets in group:
-        loss, out = step(inputs, targets)
-        tally.add(loss, out, targets)
-        bar.update(1)
 
 
 def _check_world_size(resume, size: int) -> None:
@@ -511,7 +503,7 @@ def fit(
     the steps keep no gradients (`.grad` is None after fit, as `TrainStep(..., keep_grads=False)`).
     On JAX a captured step consumes the parameter arrays of the step before (see TrainStep): a
     callback that keeps `model.state_dict()` between epochs keeps copies (`bp.to_numpy`).
-    `steps_per_execution` (as in Keras): batches handed to the step K at a time (`TrainStep.run_many`:
+    `steps_per_execution` (as in Keras): batches handed to the step K at a time (`TrainStep.run_stacked`:
     one compiled call of K steps on JAX once captured, a loop elsewhere); the same numbers.
     `verbose` (as in Keras): 0 silent, 1 a progress bar per epoch (tqdm; without it, one line per
     epoch), 2 one line per epoch, "auto" 1 on a terminal and 2 elsewhere.

@@ -207,22 +207,20 @@ def _mnist_or_synthetic(n: int, dtype: str):
 def _backprop(net: Net, params, batches, backend, where, capture: bool, sync, scale=1.0, per_call=1) -> Candidate:
     """backprop's training step (TrainStep, eager or captured) over `batches` on one backend, as
     `fit` runs it (no gradients kept after a step: the hand-written peers keep none either);
-    `per_call` batches to a call (`TrainStep.run_many`, as fit's steps_per_execution)."""
+    `per_call` batches to a call, stacked beforehand as for the hand-written scan
+    (`TrainStep.run_stacked`, as fit's steps_per_execution)."""
     with bp.use_backend(backend, where):
         model = bp.nn.mlp(list(net.sizes), net.activation, net.output, dtype=net.dtype)
         model.load_state_dict({name: p for (name, _), p in zip(model.named_parameters(), params, strict=True)})
         be = bp.get_backend()
-        data = [(be.asarray(x), be.asarray(y)) for x, y in batches]
+        data = [(be.asarray(x), be.asarray(y)) for x, y in _stacked(batches, per_call)]
     optimizer = bp.optim.SGD(model.parameters(), lr=net.lr)
     step = bp.TrainStep(model, bp.losses.LOSSES[net.loss], optimizer, capture, keep_grads=False)
+    one = step.run_stacked if per_call > 1 else step
 
     def run():
-        if per_call > 1:
-            for i in range(0, len(data), per_call):
-                step.run_many(data[i : i + per_call])
-            return
         for x, y in data:
-            step(x, y)
+            one(x, y)
 
     entry = BACKENDS[backend]  # JAX runs asynchronously on the CPU too: a run ends when its results exist
     return Candidate(run, scale, sync=lambda: entry.synchronize([p.data for p in model.parameters()]), step=step)
@@ -302,14 +300,21 @@ def _jax_scan_peer(net: Net, params, batches, per_call: int, scale=1.0) -> Candi
     import jax.numpy as jnp
 
     step = peers.jax_scan_factory(list(net.sizes), net.activation, net.loss, net.dtype, net.lr, params)
-    stacked = [batches[i : i + per_call] for i in range(0, len(batches), per_call)]
-    data = [(jnp.asarray(np.stack([x for x, _ in run])), jnp.asarray(np.stack([y for _, y in run]))) for run in stacked]
+    data = [(jnp.asarray(xs), jnp.asarray(ys)) for xs, ys in _stacked(batches, per_call)]
 
     def run():
         for xs, ys in data:
             step(xs, ys)
 
     return Candidate(run, scale, sync=lambda: BACKENDS["jax"].synchronize(step.params))
+
+
+def _stacked(batches, per_call: int) -> list:
+    """The batches `per_call` at a time, stacked on a first axis (as they are where `per_call` is 1)."""
+    if per_call == 1:
+        return batches
+    groups = [batches[i : i + per_call] for i in range(0, len(batches), per_call)]
+    return [(np.stack([x for x, _ in group]), np.stack([y for _, y in group])) for group in groups]
 
 
 def _uniform(batches) -> list:

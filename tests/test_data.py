@@ -122,3 +122,30 @@ def test_batches_shuffle_indices_reproducibly(backend):
         assert bp.to_numpy(inputs)[:, 0].tolist() == (2 * bp.to_numpy(targets)).tolist()
     with pytest.raises(ValueError, match="10 inputs but 9 targets"):
         bp.data.Batches(x, y[:9], 3)
+
+
+@pytest.mark.parametrize("shuffle, drop_last, shard", [(True, False, (0, 1)), (False, False, (0, 1)),
+                                                       (True, True, (1, 2)), (False, False, (2, 3))])  # fmt: skip
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_batches_in_groups_are_the_batches_of_an_epoch_in_order(backend, shuffle, drop_last, shard, k):
+    x, y = np.arange(46.0).reshape(23, 2), np.arange(23)  # sample i: x (2i, 2i+1), label i
+    batches = bp.data.Batches(x, y, 3, shuffle=shuffle, drop_last=drop_last, shard=shard)
+    bp.manual_seed(4)
+    expected = [(bp.to_numpy(a), bp.to_numpy(b)) for a, b in batches]
+    next_draw = bp.backend.host_rng().integers(1 << 30)
+    bp.manual_seed(4)
+    got, groups = [], 0
+    for inputs, targets, stacked in batches.groups(k):
+        inputs, targets = bp.to_numpy(inputs), bp.to_numpy(targets)
+        if stacked:
+            assert inputs.shape[:2] == targets.shape[:2] == (k, 3)
+            got += list(zip(inputs, targets, strict=True))
+            groups += 1
+        else:
+            got.append((inputs, targets))
+    assert bp.backend.host_rng().integers(1 << 30) == next_draw  # one permutation an epoch, as iterating
+    assert len(got) == len(expected) == len(batches)
+    for (gx, gy), (ex, ey) in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(gx, ex, strict=True)
+        np.testing.assert_array_equal(gy, ey, strict=True)
+    assert groups == batches.n // 3 // k  # every whole group of full batches is stacked

@@ -17,8 +17,9 @@ def _batches(count, rng, shape=(8, 7)):
     return [(be.asarray(rng.standard_normal(shape)), be.asarray(rng.integers(0, 5, shape[0]))) for _ in range(count)]
 
 
-def _run(per_call: int, optimizer, hooks=(), count: int = 24, keep_grads: bool = True):
-    """Losses, outputs, parameters and gradients after `count` steps taken `per_call` at a time (float64)."""
+def _run(per_call: int, optimizer, hooks=(), count: int = 24, keep_grads: bool = True, stacked: bool = False):
+    """Losses, outputs, parameters and gradients after `count` steps taken `per_call` at a time
+    (float64); `stacked`: the batches of a call stacked first (`run_stacked`)."""
     bp.manual_seed(1)
     model = bp.nn.mlp([7, 6, 5], "tanh", dtype="float64")
     optimizer = optimizer(model.parameters())
@@ -28,6 +29,11 @@ def _run(per_call: int, optimizer, hooks=(), count: int = 24, keep_grads: bool =
     for i in range(0, count, per_call):
         if per_call == 1:
             loss, out = (bp.to_numpy(a)[None] for a in step(*batches[i]))
+        elif stacked:
+            xp = bp.get_backend().xp
+            group = batches[i : i + per_call]
+            xs, ys = xp.stack([x for x, _ in group]), xp.stack([y for _, y in group])
+            loss, out = (bp.to_numpy(a) for a in step.run_stacked(xs, ys))
         else:
             loss, out = (bp.to_numpy(a) for a in step.run_many(batches[i : i + per_call]))
         losses.append(loss)
@@ -51,16 +57,38 @@ def _assert_same(got, want, exact: bool):
             np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14, strict=True)
 
 
+@pytest.mark.parametrize("stacked", [False, True], ids=["run_many", "run_stacked"])
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_run_many_gives_what_single_steps_give(backend, name):
+def test_k_steps_a_call_give_what_single_steps_give(backend, name, stacked):
     optimizer, hooks = OPTIMIZERS[name]
     with warnings.catch_warnings():
         warnings.simplefilter("error", bp.CaptureWarning)
-        many = _run(4, optimizer, hooks)
+        many = _run(4, optimizer, hooks, stacked=stacked)
     one = _run(1, optimizer, hooks)
     compiled = BACKENDS[backend].compiles_steps
     _assert_same(tuple(many[:4]), tuple(one[:4]), exact=not compiled)
     assert ("jit-scan" in many[4]) == compiled, many[4]
+    if stacked:  # the same compiled call as run_many's, on the same stack
+        _assert_same(tuple(many[:4]), tuple(_run(4, optimizer, hooks)[:4]), exact=True)
+
+
+@pytest.mark.parametrize(
+    "xs, ys, message",
+    [
+        ((8,), (2, 8), r"inputs must have an axis of steps and then a batch axis, got \(8,\)"),
+        ((2, 8, 7), (2,), r"targets must have an axis of steps and then a batch axis, got \(2,\)"),
+        ((3, 8, 7), (2, 8), r"inputs \(3, 8, 7\) and targets \(2, 8\) need one leading length"),
+        ((0, 8, 7), (0, 8), r"inputs \(0, 8, 7\) and targets \(0, 8\) need one leading length"),
+    ],
+)
+def test_run_stacked_refuses_batches_without_a_common_axis_of_steps(xs, ys, message):
+    model = bp.nn.mlp([7, 5], None, dtype="float64")
+    step = bp.TrainStep(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), lr=0.1))
+    before = model.layers[0].weight.numpy().copy()
+    with pytest.raises(ValueError, match=message):
+        step.run_stacked(np.zeros(xs), np.zeros(ys, dtype=np.int64))
+    np.testing.assert_array_equal(model.layers[0].weight.numpy(), before)  # nothing ran
+    assert model.layers[0].weight.grad is None and step.optimizer.steps == 0
 
 
 def test_k_steps_that_keep_no_gradients_carry_none_and_give_what_single_steps_give(backend):
@@ -90,10 +118,17 @@ def _python_scan(step):
     return steps
 
 
+def _python_compile_steps(entry, step, donate_state=False):
+    """`BackendEntry.compile_steps` as `_python_scan` (which consumes nothing)."""
+    return _python_scan(step)
+
+
 def test_the_multi_step_protocol_on_every_backend(backend, monkeypatch):
     """What JAX compiles (ScanReplay: stacked numbers, carried gradients, stacked results), run as
     a Python loop on this backend: the same numbers as single steps."""
-    monkeypatch.setattr(type(BACKENDS[backend]), "compile_steps", lambda self, step: _python_scan(step))
+    monkeypatch.setattr(
+        type(BACKENDS[backend]), "compile_steps", lambda self, step, donate_state=False: _python_scan(step)
+    )
     monkeypatch.setattr(type(BACKENDS[backend]), "compiles_steps", True)
     optimizer, hooks = OPTIMIZERS["adam"]
     many = _run(4, optimizer, hooks)
@@ -102,7 +137,7 @@ def test_the_multi_step_protocol_on_every_backend(backend, monkeypatch):
 
 
 def test_steps_that_differ_as_one_call_run_one_by_one_with_a_warning(monkeypatch):
-    def wrong(self, step):
+    def wrong(self, step, donate_state=False):
         steps = _python_scan(step)
         return lambda state, grads, numbers, xs, ys: steps(state, grads, numbers, xs * 1.5, ys)
 
@@ -173,7 +208,7 @@ def test_run_many_keeps_each_steps_results_where_replays_hand_out_buffers(backen
 
 
 def test_an_interrupt_while_k_steps_are_checked_leaves_no_step_counted(monkeypatch):
-    def interrupted(self, step):
+    def interrupted(self, step, donate_state=False):
         def steps(*args):
             raise KeyboardInterrupt
 
@@ -200,7 +235,9 @@ def test_an_interrupt_once_k_steps_have_run_leaves_them_done_and_counted(backend
     results are taken (the compiled call has run) still installs them all, and counts K."""
     from test_step import _interrupted_once
 
-    monkeypatch.setattr(type(BACKENDS[backend]), "compile_steps", lambda self, step: _python_scan(step))
+    monkeypatch.setattr(
+        type(BACKENDS[backend]), "compile_steps", lambda self, step, donate_state=False: _python_scan(step)
+    )
     monkeypatch.setattr(type(BACKENDS[backend]), "compiles_steps", True)
 
     def train(interrupt: bool):
@@ -289,3 +326,59 @@ def test_step_numbers_given_as_an_array_changed_in_place_reach_the_replays(backe
     assert mode != "eager", mode
     for got, want in zip(replayed, eager, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+def test_k_step_and_single_calls_consume_only_the_state_either_returned(backend):
+    """Where the entry donates (JAX), a K-step call consumes the state as a single replay does:
+    the arrays the last call of either kind returned, and a copy of any other (yours survive)."""
+    entry = BACKENDS[backend]
+    if not (entry.donates and entry.compiles_steps):
+        pytest.skip(f"{backend}'s compiled steps consume no inputs, or it runs K steps one by one")
+    bp.manual_seed(1)
+    model = bp.nn.mlp([7, 6, 5], "tanh", dtype="float64")
+    step = bp.TrainStep(model, bp.losses.cross_entropy, bp.optim.Adam(model.parameters(), lr=0.01))
+    batches = _batches(40, np.random.default_rng(0))
+    for i in range(0, 12, 4):  # warm-up, record and check the single step; then the K steps, checked
+        step.run_many(batches[i : i + 4])
+    weight = model.parameters()[0]
+    returned = weight.data
+    step.run_many(batches[12:16])  # the K-step replay
+    assert step.mode == "jit-scan" and returned.is_deleted()
+    returned = weight.data
+    step(*batches[16])  # a single replay after a K-step call: takes what that call returned
+    assert step.mode == "jit" and returned.is_deleted()
+    mine = bp.get_backend().asarray(bp.to_numpy(weight.data))
+    weight.data = mine
+    step.run_many(batches[17:21])
+    assert step.mode == "jit-scan" and not mine.is_deleted()  # copied first
+    kept = bp.to_numpy(mine)
+    returned = weight.data
+    step.run_many(batches[21:25])
+    assert returned.is_deleted()
+    np.testing.assert_array_equal(bp.to_numpy(mine), kept, strict=True)
+    assert all(not p.data.is_deleted() for p in model.parameters())
+    assert all(not a.is_deleted() for a in step.optimizer.state_arrays())
+
+
+def test_jax_debug_nans_turns_donation_off_for_k_steps(backend):
+    entry = BACKENDS[backend]
+    if not (entry.donates and entry.compiles_steps):
+        pytest.skip(f"{backend}'s compiled steps consume no inputs, or it runs K steps one by one")
+    import jax
+
+    def step(state, numbers, x, y):
+        return [s + x for s in state], [], y, x
+
+    def call(program):
+        given = [bp.get_backend().asarray(np.arange(3.0))]
+        program(given, [], [bp.get_backend().asarray(np.zeros(2))], *[bp.get_backend().asarray(np.ones((2, 3)))] * 2)
+        return given[0]
+
+    was = jax.config.jax_debug_nans
+    jax.config.update("jax_debug_nans", True)
+    try:
+        program = entry.compile_steps(step, donate_state=True)
+    finally:
+        jax.config.update("jax_debug_nans", was)
+    assert not call(program).is_deleted()
+    assert call(entry.compile_steps(step, donate_state=True)).is_deleted()

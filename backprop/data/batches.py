@@ -63,16 +63,45 @@ class Batches:
         return whole if self.drop_last or self.n % self.batch_size == 0 else whole + 1
 
     def __iter__(self):
-        xp, size = self.xp, self.batch_size
-        order = None
-        if self.shuffle or self.ranks > 1:
-            perm = host_rng().permutation(self.total) if self.shuffle else np.arange(self.total)
-            mine = perm[: self.n * self.ranks][self.rank :: self.ranks]
-            order = xp.asarray(mine, device=self.inputs.device)
-        for start in range(0, len(self) * size, size):
-            stop = min(start + size, self.n)
-            if order is None:
-                yield self.inputs[start:stop, ...], self.targets[start:stop, ...]
-            else:
-                idx = order[start:stop]
-                yield xp.take(self.inputs, idx, axis=0), xp.take(self.targets, idx, axis=0)
+        order = self._order()
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield self._rows(order, start, min(start + self.batch_size, self.n))
+
+    def groups(self, k: int):
+        """One epoch as groups of `k` batches stacked (a leading axis of k: what
+        `TrainStep.run_stacked` takes), taken in one piece each; the batches that make no whole
+        group of full batches (the last, smaller one) come one by one. The same batches, in the
+        same order and from the same random numbers, as iterating.
+
+        >>> import numpy as np, backprop as bp
+        >>> batches = bp.data.Batches(np.zeros((10, 3)), np.arange(10), batch_size=3, shuffle=False)
+        >>> [(tuple(x.shape), stacked) for x, _, stacked in batches.groups(2)]
+        [((2, 3, 3), True), ((3, 3), False), ((1, 3), False)]
+        """
+        order, size = self._order(), self.batch_size
+        whole = self.n // size  # full batches
+        span = k * size
+        for start in range(0, whole // k * span, span):
+            inputs, targets = self._rows(order, start, start + span)
+            yield self._stacked(inputs, k), self._stacked(targets, k), True
+        for start in range(whole // k * span, len(self) * size, size):
+            yield *self._rows(order, start, min(start + size, self.n)), False
+
+    def _order(self):
+        """This epoch's sample indices on the device, or None for the samples in order (no
+        shuffle, one rank). Draws the epoch's permutation from the host generator."""
+        if not self.shuffle and self.ranks == 1:
+            return None
+        perm = host_rng().permutation(self.total) if self.shuffle else np.arange(self.total)
+        mine = perm[: self.n * self.ranks][self.rank :: self.ranks]
+        return self.xp.asarray(mine, device=self.inputs.device)
+
+    def _rows(self, order, start: int, stop: int) -> tuple:
+        """(inputs, targets) of the epoch's samples start..stop."""
+        if order is None:
+            return self.inputs[start:stop, ...], self.targets[start:stop, ...]
+        idx = order[start:stop]
+        return self.xp.take(self.inputs, idx, axis=0), self.xp.take(self.targets, idx, axis=0)
+
+    def _stacked(self, rows, k: int):
+        return self.xp.reshape(rows, (k, rows.shape[0] // k, *rows.shape[1:]))
