@@ -441,11 +441,7 @@ class JaxBackend(BackendEntry):
         jax.block_until_ready(list(arrays))
 
     def compile(self, program, donated=()):
-        import jax
-
-        if jax.config.jax_debug_nans or jax.config.jax_debug_infs:  # they run a failed call again, on its inputs
-            donated = ()
-        return jax.jit(program, donate_argnums=tuple(donated))
+        return _jit_donating(program, tuple(donated))
 
     def compile_steps(self, step, donate_state: bool = False):
         import jax
@@ -458,9 +454,7 @@ class JaxBackend(BackendEntry):
             (state, grads), (losses, outs) = jax.lax.scan(body, (state, grads), (numbers, xs, ys))
             return state, grads, losses, outs
 
-        if jax.config.jax_debug_nans or jax.config.jax_debug_infs:  # as in `compile`
-            donate_state = False
-        return jax.jit(steps, donate_argnums=(0,) if donate_state else ())
+        return _jit_donating(steps, (0,) if donate_state else ())
 
     def stack_batches(self, batches: list):
         # compiled: jnp.stack outside a jit converts each batch in a call of its own (100 batches:
@@ -473,6 +467,25 @@ class JaxBackend(BackendEntry):
         import jax
 
         return jax.jit(jax.numpy.stack)
+
+
+def _jit_donating(function, donate_argnums: tuple):
+    """`jax.jit(function)` that consumes the arguments at `donate_argnums`, except in a call made
+    while jax_debug_nans or jax_debug_infs is on (read at each call: they may be turned on at any
+    time), which runs a call that made a NaN again, on its inputs: those must still exist."""
+    import jax
+
+    if not donate_argnums:
+        return jax.jit(function)
+    donating, keeping = jax.jit(function, donate_argnums=donate_argnums), jax.jit(function)
+    config = jax.config
+
+    def call(*args):
+        if config.jax_debug_nans or config.jax_debug_infs:
+            return keeping(*args)
+        return donating(*args)
+
+    return call
 
 
 class CuPyBackend(BackendEntry):

@@ -7,12 +7,15 @@ and MissingDependency (here), BackendError (backprop.backends), DataError and ID
 (backprop.data), FileFormatError (backprop.io), StateDictError (backprop.nn) and DivergedError
 (backprop.train).
 
-This module imports nothing, so backprop.backends (which the noxfile reads) can use it. It also
-holds the two helpers that keep messages grammatical: `a(noun)` and `count(n, noun)`.
+This module imports nothing of backprop's, so backprop.backends (which the noxfile reads) can use
+it. It also holds the two helpers that keep messages grammatical, `a(noun)` and `count(n, noun)`,
+and `positive_int`, the check of a count the user gives (epochs, a batch size).
 
 >>> a("Adam"), a("SGD"), a("Linear"), count(1, "epoch"), count(2, "process")
 ('an Adam', 'an SGD', 'a Linear', '1 epoch', '2 processes')
 """
+
+import numbers
 
 
 def a(noun: str) -> str:
@@ -43,6 +46,16 @@ def count(n: int, noun: str) -> str:
 
 
 IRREGULAR = {"axis": "axes", "matrix": "matrices", "index": "indices"}
+
+
+def positive_int(name: str, value) -> int:
+    """`value` as an int, or a ConfigError naming `name` where it is not a positive integer (a
+    bool, a float such as 4.0, a string or zero)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name} must be a positive integer, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value}")
+    return int(value)
 
 
 class UserError(Exception):

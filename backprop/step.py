@@ -520,8 +520,8 @@ class TrainStep:
         else:
             self._many[many.key] = None
             warnings.warn(
-                f"TrainStep runs these {len(pairs)} steps one by one: {together}", CaptureWarning, stacklevel=3
-            )
+                f"TrainStep runs these {len(pairs)} steps one by one: {together}", CaptureWarning, stacklevel=4
+            )  # the caller of run_many or run_stacked
         return losses, outs
 
     def _one_by_one(self, pairs):

@@ -27,7 +27,7 @@ from backprop import distributed
 from backprop.backend import copy_array, dtype_name, get_backend, namespace_of, to_numpy
 from backprop.backends import backend_of
 from backprop.data.batches import Batches
-from backprop.errors import ConfigError, UserError, count
+from backprop.errors import ConfigError, UserError, count, positive_int
 from backprop.io import check_checkpoint_path, checkpoint_metadata, load_checkpoint, save_checkpoint
 from backprop.nn import evaluating
 from backprop.progress import EpochReport, resolve_verbose
@@ -183,14 +183,6 @@ def _as_batches(data, batch_size: int, shuffle: bool, what: str = "the data", sh
     return Batches(inputs, targets, batch_size, shuffle=shuffle, shard=shard)
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ConfigError(f"{name} must be a positive integer, got {value!r} ({type(value).__name__})")
-    if value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value}")
-    return int(value)
-
-
 def _first_non_finite(array, what: str, kind: str) -> None:
     """A ConfigError naming the first inf or NaN of a floating `array` (host or backend), if any."""
     if isinstance(array, np.ndarray):
@@ -217,8 +209,8 @@ def _check_dataset(data, what: str) -> None:
 
 def _check_fit_arguments(train, epochs, batch_size, validation, metrics, callbacks=(), checkpoint=None) -> None:
     """Every argument of `fit` that could fail or be silently wrong later, checked before any work."""
-    _positive_int("epochs", epochs)
-    _positive_int("batch_size", batch_size)
+    positive_int("epochs", epochs)
+    positive_int("batch_size", batch_size)
     _check_metrics(metrics)
     _check_dataset(train, "the training set")
     if validation is not None:
@@ -444,7 +436,7 @@ def predict(model, inputs, batch_size: int = 1000):
         host = host.astype(dtype, copy=False)
     with evaluating(model):
         if len(host) == 0:
-            _positive_int("batch_size", batch_size)
+            positive_int("batch_size", batch_size)
             outs = [model(Tensor(get_backend().asarray(host))).data]
         else:
             outs = [model(Tensor(x)).data for x, _ in Batches(host, np.zeros(len(host)), batch_size, shuffle=False)]
@@ -514,7 +506,7 @@ def fit(
     loss = _loss_function(loss)
     verbose = resolve_verbose(verbose)
     _check_fit_arguments(train, epochs, batch_size, validation, metrics, callbacks, checkpoint)
-    _positive_int("steps_per_execution", steps_per_execution)
+    positive_int("steps_per_execution", steps_per_execution)
     ranks = distributed.world()
     dtype = _model_dtype(model)
     batches = _as_batches(train, batch_size, shuffle, "the training set", (ranks.rank, ranks.size), dtype)

@@ -149,3 +149,45 @@ def test_batches_in_groups_are_the_batches_of_an_epoch_in_order(backend, shuffle
         np.testing.assert_array_equal(gx, ex, strict=True)
         np.testing.assert_array_equal(gy, ey, strict=True)
     assert groups == batches.n // 3 // k  # every whole group of full batches is stacked
+
+
+@pytest.mark.parametrize("k, message", [(0, "got 0"), (-1, "got -1"), (2.0, r"got 2.0 \(float\)"), (True, "got True")])
+def test_batches_groups_refuse_a_group_size_that_is_not_a_positive_integer(k, message):
+    batches = bp.data.Batches(np.zeros((10, 3)), np.arange(10), batch_size=3)
+    with pytest.raises(bp.errors.ConfigError, match=f"^k must be a positive integer, {message}"):
+        next(batches.groups(k))
+
+
+class _Negated(bp.data.Batches):
+    """Batches with an augmentation of their own: every input negated."""
+
+    def __iter__(self):
+        for inputs, targets in super().__iter__():
+            yield -inputs, targets
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_groups_and_fit_follow_a_subclass_that_defines_its_own_batches(backend, k):
+    x, y = np.arange(46.0).reshape(23, 2), np.arange(23) % 3
+    batches = _Negated(x, y, 3, shuffle=True)
+    bp.manual_seed(4)
+    expected = [bp.to_numpy(a) for a, _ in batches]
+    bp.manual_seed(4)
+    got = []
+    for inputs, _, stacked in batches.groups(k):
+        got += list(bp.to_numpy(inputs)) if stacked else [bp.to_numpy(inputs)]
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(g, e, strict=True)  # negated: the subclass's batches
+
+    def fit(per_call):
+        bp.manual_seed(0)
+        model = bp.nn.mlp([2, 3], None, dtype="float64")
+        history = bp.fit(model, "cross_entropy", bp.optim.SGD(model.parameters(), lr=0.01), _Negated(x, y, 3),
+                         epochs=2, verbose=0, steps_per_execution=per_call)  # fmt: skip
+        return history.epochs[-1]["loss"], [p.numpy() for p in model.parameters()]
+
+    (loss, weights), (expected_loss, expected_weights) = fit(k), fit(1)
+    assert loss == pytest.approx(expected_loss, rel=1e-12)
+    for got_w, want in zip(weights, expected_weights, strict=True):
+        np.testing.assert_allclose(got_w, want, rtol=1e-12, atol=1e-14)

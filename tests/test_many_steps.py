@@ -144,8 +144,12 @@ def test_steps_that_differ_as_one_call_run_one_by_one_with_a_warning(monkeypatch
     monkeypatch.setattr(BackendEntry, "compile_steps", wrong)
     monkeypatch.setattr(BackendEntry, "compiles_steps", True)
     optimizer, _ = OPTIMIZERS["adam"]
-    with pytest.warns(bp.CaptureWarning, match="4 steps one by one: they differ from single steps"):
+    with pytest.warns(bp.CaptureWarning, match="4 steps one by one: they differ from single steps") as caught:
         many = _run(4, optimizer)
+    assert [w.filename for w in caught] == [__file__]  # where run_many was called
+    with pytest.warns(bp.CaptureWarning, match="4 steps one by one") as caught:
+        _run(4, optimizer, stacked=True)
+    assert [w.filename for w in caught] == [__file__]
     assert "jit-scan" not in many[4]
     _assert_same(tuple(many[:4]), tuple(_run(1, optimizer)[:4]), exact=True)
 
@@ -358,27 +362,3 @@ def test_k_step_and_single_calls_consume_only_the_state_either_returned(backend)
     np.testing.assert_array_equal(bp.to_numpy(mine), kept, strict=True)
     assert all(not p.data.is_deleted() for p in model.parameters())
     assert all(not a.is_deleted() for a in step.optimizer.state_arrays())
-
-
-def test_jax_debug_nans_turns_donation_off_for_k_steps(backend):
-    entry = BACKENDS[backend]
-    if not (entry.donates and entry.compiles_steps):
-        pytest.skip(f"{backend}'s compiled steps consume no inputs, or it runs K steps one by one")
-    import jax
-
-    def step(state, numbers, x, y):
-        return [s + x for s in state], [], y, x
-
-    def call(program):
-        given = [bp.get_backend().asarray(np.arange(3.0))]
-        program(given, [], [bp.get_backend().asarray(np.zeros(2))], *[bp.get_backend().asarray(np.ones((2, 3)))] * 2)
-        return given[0]
-
-    was = jax.config.jax_debug_nans
-    jax.config.update("jax_debug_nans", True)
-    try:
-        program = entry.compile_steps(step, donate_state=True)
-    finally:
-        jax.config.update("jax_debug_nans", was)
-    assert not call(program).is_deleted()
-    assert call(entry.compile_steps(step, donate_state=True)).is_deleted()

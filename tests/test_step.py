@@ -686,26 +686,44 @@ def test_a_replay_consumes_only_the_state_the_last_replay_returned(backend):
 
 def test_jax_debug_nans_turns_donation_off(backend):
     """Under jax_debug_nans (or _infs) JAX runs a call that made a NaN again, on its inputs: they
-    must not have been consumed."""
+    must not have been consumed. The flags are read at each call (they may be set at any time)."""
     if not BACKENDS[backend].donates:
         pytest.skip(f"{backend}'s compiled steps consume no inputs")
     import jax
 
-    def double(a):
-        return [a * 2.0]
+    program = BACKENDS[backend].compile(lambda a: [a * 2.0], donated=(0,))
 
-    was = jax.config.jax_debug_nans
-    jax.config.update("jax_debug_nans", True)
-    try:
-        program = BACKENDS[backend].compile(double, donated=(0,))
-    finally:
-        jax.config.update("jax_debug_nans", was)
-    given = bp.get_backend().asarray(np.arange(3.0))
-    program(given)
-    assert not given.is_deleted()
-    consumed = bp.get_backend().asarray(np.arange(3.0))
-    BACKENDS[backend].compile(double, donated=(0,))(consumed)
-    assert consumed.is_deleted()
+    def call(**flags):
+        given = bp.get_backend().asarray(np.arange(3.0))
+        with jax.debug_nans(flags.get("nans", False)), jax.debug_infs(flags.get("infs", False)):
+            np.testing.assert_array_equal(bp.to_numpy(program(given)[0]), [0.0, 2.0, 4.0])
+        return given.is_deleted()
+
+    assert call() and not call(nans=True) and not call(infs=True) and call()
+
+
+@pytest.mark.parametrize("per_call", [1, 4])
+def test_a_nan_caught_by_jax_debug_nans_loses_no_state(backend, per_call):
+    """jax_debug_nans turned on after the step was compiled: the NaN is the error, and the state
+    survives it (a donating call would have consumed it before the rerun)."""
+    if not BACKENDS[backend].donates:
+        pytest.skip(f"{backend}'s compiled steps consume no inputs")
+    import jax
+
+    model, step, batches = _replaying_step()
+    run = (lambda group: step.run_many(group)) if per_call > 1 else (lambda group: step(*group[0]))
+    x, y = batches[0]
+    for _ in range(2):  # K steps a call: checked, then replayed
+        run([(x, y)] * per_call)
+    assert step.mode == ("jit-scan" if per_call > 1 else "jit"), step.mode
+    before = [p.numpy().copy() for p in model.parameters()]
+    with jax.debug_nans(True), pytest.raises(FloatingPointError):
+        run([(x.at[0].set(np.inf), y)] * per_call)
+    for p, kept in zip(model.parameters(), before, strict=True):
+        assert not p.data.is_deleted()
+        np.testing.assert_array_equal(p.numpy(), kept, strict=True)
+    run([(x, y)] * per_call)  # and training goes on
+    assert step.mode == ("jit-scan" if per_call > 1 else "jit"), step.mode
 
 
 def _interrupted_once(function, model, calls: list):

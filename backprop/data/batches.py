@@ -6,12 +6,10 @@ seeded host generator, and a batch is `take` of those indices, or a plain slice 
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from backprop.backend import get_backend, host_rng
-from backprop.errors import ConfigError
+from backprop.errors import ConfigError, positive_int
 
 
 class Batches:
@@ -37,11 +35,7 @@ class Batches:
             raise ConfigError(f"{len(inputs)} inputs but {len(targets)} targets")
         if len(inputs) == 0:
             raise ConfigError("no samples: inputs and targets are empty")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
-            kind = type(batch_size).__name__
-            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r} ({kind})")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be positive, got {batch_size}")
+        positive_int("batch_size", batch_size)
         rank, ranks = shard
         if not 0 <= rank < ranks or len(inputs) < ranks:
             raise ConfigError(f"shard {rank} of {ranks} of {len(inputs)} samples: each rank needs one at least")
@@ -69,23 +63,42 @@ class Batches:
 
     def groups(self, k: int):
         """One epoch as groups of `k` batches stacked (a leading axis of k: what
-        `TrainStep.run_stacked` takes), taken in one piece each; the batches that make no whole
-        group of full batches (the last, smaller one) come one by one. The same batches, in the
-        same order and from the same random numbers, as iterating.
+        `TrainStep.run_stacked` takes), each yielded as (inputs, targets, True); the batches that
+        make no whole group of full batches (the last, smaller one) come one by one, as
+        (inputs, targets, False). The same batches, in the same order and from the same random
+        numbers, as iterating: a group is taken in one piece, or, where a subclass defines its
+        own `__iter__`, stacked from the batches that gives.
 
         >>> import numpy as np, backprop as bp
         >>> batches = bp.data.Batches(np.zeros((10, 3)), np.arange(10), batch_size=3, shuffle=False)
         >>> [(tuple(x.shape), stacked) for x, _, stacked in batches.groups(2)]
         [((2, 3, 3), True), ((3, 3), False), ((1, 3), False)]
         """
+        positive_int("k", k)
+        if type(self).__iter__ is not Batches.__iter__:
+            yield from self._stacked_groups(k)
+            return
         order, size = self._order(), self.batch_size
-        whole = self.n // size  # full batches
         span = k * size
-        for start in range(0, whole // k * span, span):
+        whole = self.n // size // k * span  # the samples of whole groups
+        for start in range(0, whole, span):
             inputs, targets = self._rows(order, start, start + span)
-            yield self._stacked(inputs, k), self._stacked(targets, k), True
-        for start in range(whole // k * span, len(self) * size, size):
+            yield self._split(inputs, k), self._split(targets, k), True
+        for start in range(whole, len(self) * size, size):
             yield *self._rows(order, start, min(start + size, self.n)), False
+
+    def _stacked_groups(self, k: int):
+        """`groups` of what `iter(self)` gives: runs of k alike batches, stacked."""
+        xp, run = self.xp, []
+        for inputs, targets in self:
+            if run and (inputs.shape, targets.shape) != (run[0][0].shape, run[0][1].shape):
+                yield from ((*batch, False) for batch in run)
+                run = []
+            run.append((inputs, targets))
+            if len(run) == k:
+                yield xp.stack([x for x, _ in run]), xp.stack([y for _, y in run]), True
+                run = []
+        yield from ((*batch, False) for batch in run)
 
     def _order(self):
         """This epoch's sample indices on the device, or None for the samples in order (no
@@ -103,5 +116,6 @@ class Batches:
         idx = order[start:stop]
         return self.xp.take(self.inputs, idx, axis=0), self.xp.take(self.targets, idx, axis=0)
 
-    def _stacked(self, rows, k: int):
+    def _split(self, rows, k: int):
+        """`rows` as k batches: a leading axis of k."""
         return self.xp.reshape(rows, (k, rows.shape[0] // k, *rows.shape[1:]))
