@@ -122,11 +122,12 @@ class TracedReplay:
                 p.grad = None
         state = function.state() if state is None else state
         if self.donated:
-            state = self._owned(state)
+            state = self.owned(state)
         return _run_and_take(self.program, layout.inputs(state, self.numbers.arrays(numbers), x, y), self._take)
 
-    def _owned(self, state: list) -> list:
-        """`state`, with a copy of each donated array that the last replay did not return there."""
+    def owned(self, state: list) -> list:
+        """`state`, with a copy of each donated array that the last replay (of this step or of
+        its K-step `ScanReplay`s) did not return there."""
         start, stop = self.donated.start, self.donated.stop
         given, returned = state[start:stop], self._returned
         if len(given) == len(returned) and all(map(operator.is_, given, returned)):
@@ -135,8 +136,12 @@ class TracedReplay:
         copies = [a if a is r else copy_array(a) for a, r in zip(given, returned, strict=True)]
         return [*state[:start], *copies, *state[stop:]]
 
+    def returned(self, state: list) -> None:
+        """Record `state` (laid out as the step's) as what the last replay returned."""
+        self._returned = state[self.donated.start : self.donated.stop]
+
     def _take(self, outputs) -> tuple:
-        self._returned = outputs[self.donated.start : self.donated.stop]
+        self.returned(outputs)  # the outputs begin with the state
         return self.function.take_outputs(self.layout, outputs)
 
 
@@ -199,7 +204,7 @@ class ScanReplay:
             p.grad = None
         state = function.state() if state is None else state
         if self.donates:
-            state = replay._owned(state)
+            state = replay.owned(state)
         if self._zeros is None:  # the gradients the scan carries in (each step makes its own)
             xp = function.xp
             self._zeros = [
@@ -210,7 +215,7 @@ class ScanReplay:
 
     def _take(self, results) -> tuple:
         if self.donates:
-            self.replay._returned = list(results[0])
+            self.replay.returned(list(results[0]))
         layout = self.replay.layout
         return self.replay.function.take_outputs(layout, layout.outputs(*results))
 
