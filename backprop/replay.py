@@ -215,7 +215,7 @@ class ScanReplay:
 
     def _take(self, results) -> tuple:
         if self.donates:
-            self.replay.returned(list(results[0]))
+            self.replay.returned(results[0])
         layout = self.replay.layout
         return self.replay.function.take_outputs(layout, layout.outputs(*results))
 

@@ -431,7 +431,7 @@ class TrainStep:
         if many is None:
             return self._one_by_one(pairs)
         stack = backend_of(self.function.xp).stack_batches
-        return self._run_scan(many, stack([x for x, _ in pairs]), stack([y for _, y in pairs]), pairs)
+        return self._run_scan(many, stack([x for x, _ in pairs]), stack([y for _, y in pairs]))
 
     def run_stacked(self, inputs, targets):
         """K steps, the k-th on the batch (inputs[k], targets[k]): `run_many` of batches that are
@@ -459,11 +459,10 @@ class TrainStep:
             return self._one_by_one(_unstacked(xs, ys))
         return self._run_scan(many, xs, ys)
 
-    def _run_scan(self, many, xs, ys, pairs=None):
-        """The K steps of `many` on stacked batches; checked first if never yet (`pairs`: the
-        batches one by one, where the caller has them)."""
+    def _run_scan(self, many, xs, ys):
+        """The K steps of `many` on stacked batches; checked first if never yet."""
         if not many.verified:
-            return self._verify_many(many, _unstacked(xs, ys) if pairs is None else pairs, xs, ys)
+            return self._verify_many(many, xs, ys)
         function = self.function
         losses, outs = self._counted(many, xs, ys, function.state())  # _scan has run the guard
         self.mode, self._state, self._last = many.mode, function.installed, many.replay
@@ -497,7 +496,7 @@ class TrainStep:
             self._many[key, k] = ScanReplay(replay, (key, k), k, entry.compile_steps)
         return self._many.get((key, k))
 
-    def _verify_many(self, many, pairs, xs, ys):
+    def _verify_many(self, many, xs, ys):
         """Run the K steps as one call, undo them, and run them one by one: both must agree (once)."""
         function = self.function
         snapshot = function.snapshot()
@@ -511,7 +510,7 @@ class TrainStep:
             raise
         function.restore(snapshot)
         self._state = None  # restored: the state is not what the guard saw last
-        losses, outs = self._one_by_one(pairs)
+        losses, outs = self._one_by_one(_unstacked(xs, ys))
         if isinstance(together, list):
             mismatch = _first_mismatch(together, [*function.state(), *function.grads(), losses, outs])
             together = None if mismatch is None else f"they differ from single steps ({mismatch})"
@@ -520,7 +519,7 @@ class TrainStep:
         else:
             self._many[many.key] = None
             warnings.warn(
-                f"TrainStep runs these {len(pairs)} steps one by one: {together}", CaptureWarning, stacklevel=4
+                f"TrainStep runs these {xs.shape[0]} steps one by one: {together}", CaptureWarning, stacklevel=4
             )  # the caller of run_many or run_stacked
         return losses, outs
 
