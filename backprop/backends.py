@@ -54,7 +54,7 @@ class BackendEntry:
     threads_fixed: bool = False  # sizes its thread pool once, at start: thread limits do not apply
     compiles_steps: bool = False  # compile_steps makes K steps one call (TrainStep.run_many)
     donates: bool = False  # a compiled step consumes the state arrays it is given (see `compile`)
-    helpers = ("set_at", "scatter_add", "sign")  # methods that compute arrays (a trace records their calls)
+    helpers = ("set_at", "scatter_add", "sign", "one_hot")  # methods that compute arrays (a trace records their calls)
 
     def __init__(self):
         self._namespace = None
@@ -154,9 +154,15 @@ class BackendEntry:
         len(indices) x size); libraries with a native one override it.
         """
         xp = grad.__array_namespace__()
-        one_hot = xp.astype(indices[:, None] == xp.arange(size, device=grad.device)[None, :], grad.dtype)
-        moved = xp.moveaxis(grad, axis, -1) @ one_hot
+        moved = xp.moveaxis(grad, axis, -1) @ self.one_hot(indices, size, grad.dtype)
         return xp.moveaxis(moved, -1, axis)
+
+    def one_hot(self, labels, size: int, dtype):
+        """(len(labels), size) rows of `dtype`: 1 at each row's label, 0 elsewhere."""
+        from array_api_compat import array_namespace
+
+        xp = array_namespace(labels)
+        return xp.astype(labels[:, None] == xp.arange(size, device=labels.device)[None, :], dtype)
 
     def to_host(self, array):
         """A NumPy copy of `array` (a device-to-host copy where it lives on a device)."""
@@ -417,6 +423,16 @@ class JaxBackend(BackendEntry):
         shape = list(grad.shape)
         shape[axis] = size
         return jnp.zeros(shape, dtype=grad.dtype).at[(slice(None),) * axis + (indices,)].add(grad)
+
+    def one_hot(self, labels, size, dtype):
+        """A scatter of ones, not the default's comparison with a range: around that comparison's
+        fusion, XLA's CPU runtime ran the step's large matmuls side by side, each on every core
+        (784-512-512-10 at batch 128 on 2 cores: 1.45 ms a step, against 1.22 ms with this)."""
+        import jax.numpy as jnp
+
+        zeros = jnp.zeros_like(labels, dtype=dtype, shape=(labels.shape[0], size))  # on labels' device
+        columns = jnp.where(labels < 0, size, labels)  # out of range, as a negative label is: a row of 0s
+        return zeros.at[jnp.arange(labels.shape[0]), columns].set(1, mode="drop")
 
     def to_host(self, array):
         import numpy as np

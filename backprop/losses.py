@@ -119,7 +119,7 @@ def _as_distribution(target, logits: Tensor):
             low, high = int(xp.min(T)), int(xp.max(T))
             if low < 0 or high >= n_classes:
                 raise ValueError(f"labels must be in 0..{n_classes - 1} for {n_classes} outputs, found {low}..{high}")
-        return xp.astype(T[:, None] == xp.arange(n_classes, device=logits.device)[None, :], logits.dtype)
+        return backend_of(xp).one_hot(T, n_classes, logits.dtype)
     _check_same_shape("cross_entropy", logits, T)
     return T
 

@@ -86,6 +86,25 @@ def test_bad_targets_are_clear_errors(backend):
         losses.quadratic_loss(logits, bp.tensor(np.zeros((5, 3))))
 
 
+def test_one_hot_gives_the_comparison_with_a_range(backend):
+    """Each entry's `one_hot` (JAX's is a scatter) is the standard's comparison of labels with a
+    range: a label outside 0..size-1, negative ones too, gives a row of zeros. A compiled step
+    cannot check its labels, so this holds under `jax.jit` as well."""
+    from backprop.backends import BackendEntry, get_entry
+
+    entry = get_entry(backend)
+    labels = bp.tensor(np.array([2, 0, -1, 3, 5, 1, -4])).data
+    dtype = bp.tensor([0.0], dtype="float32").dtype
+    expected = np.array([np.arange(4) == label for label in [2, 0, -1, 3, 5, 1, -4]], dtype=np.float32)
+    runs = {"eager": entry.one_hot(labels, 4, dtype), "standard": BackendEntry.one_hot(entry, labels, 4, dtype)}
+    if backend == "jax":
+        import jax
+
+        runs["jit"] = jax.jit(lambda given: entry.one_hot(given, 4, dtype))(labels)
+    for how, rows in runs.items():
+        np.testing.assert_array_equal(bp.to_numpy(rows), expected, err_msg=how, strict=True)
+
+
 def test_every_loss_by_name_has_a_gradient_case():
     checked = {fn for fn, _, _ in CASES.values()}
     assert set(losses.LOSSES.values()) - checked == set(), "losses without a gradient check"
