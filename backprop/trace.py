@@ -3,7 +3,7 @@
 `trace(function, arrays)` calls `function` once on stand-ins for `arrays`. The stand-ins compute
 for real (the call is not wasted) and record every array operation as a `Call` of a `Trace`:
 namespace functions (`xp.tanh(a)`), operators (`a @ b`, `a -= b`), indexing, `.mT`, and the
-backend entry's helpers (`set_at`, `scatter_add`). A Trace is plain data: the function called,
+backend entry's helpers (`set_at`, `scatter_add`, `one_hot`). A Trace is plain data: the function called,
 its arguments (the `Var`s of earlier values, and constants) and the Vars it produced. From it
 `Program` generates a straight-line Python function, compiled once, that frees each intermediate
 after its last use; `Trace.run` interprets the same record; other replayers can consume it too.
