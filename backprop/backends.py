@@ -431,8 +431,9 @@ class JaxBackend(BackendEntry):
         import jax.numpy as jnp
 
         zeros = jnp.zeros_like(labels, dtype=dtype, shape=(labels.shape[0], size))  # on labels' device
-        columns = jnp.where(labels < 0, size, labels)  # out of range, as a negative label is: a row of 0s
-        return zeros.at[jnp.arange(labels.shape[0]), columns].set(1, mode="drop")
+        ones = jnp.astype(labels >= 0, dtype)  # JAX counts a negative index from the end: write 0 there
+        columns = jnp.astype(labels, jnp.promote_types(labels.dtype, jnp.int32))  # int8 labels, 200 classes
+        return zeros.at[jnp.arange(labels.shape[0]), columns].set(ones, mode="drop")  # drop: too large
 
     def to_host(self, array):
         import numpy as np

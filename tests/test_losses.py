@@ -103,6 +103,8 @@ def test_one_hot_gives_the_comparison_with_a_range(backend):
         runs["jit"] = jax.jit(lambda given: entry.one_hot(given, 4, dtype))(labels)
     for how, rows in runs.items():
         np.testing.assert_array_equal(bp.to_numpy(rows), expected, err_msg=how, strict=True)
+    small = bp.tensor(np.array([100, -1, 3], dtype=np.int8)).data  # 200 classes do not fit in int8
+    np.testing.assert_array_equal(bp.to_numpy(entry.one_hot(small, 200, dtype)), np.eye(201, 200)[[100, 200, 3]])
 
 
 def test_every_loss_by_name_has_a_gradient_case():
