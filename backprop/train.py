@@ -363,12 +363,8 @@ def _run_epoch(step: TrainStep, batches: Batches, metrics, bar, reduce_sums=None
     each (`Batches.groups`); an epoch's last, smaller batch and the batches of an unfinished
     group run one by one."""
     tally = _Tally(batches.xp, metrics)
-    if per_call == 1:
-        for inputs, targets in batches:
-            tally.add(*step(inputs, targets), targets)
-            bar.update(1)
-        return tally.record(reduce_sums)
-    for inputs, targets, stacked in batches.groups(per_call):
+    groups = batches.groups(per_call) if per_call > 1 else ((x, y, False) for x, y in batches)
+    for inputs, targets, stacked in groups:
         if stacked:
             losses, outs = step.run_stacked(inputs, targets)
             tally.add_many(losses, outs, targets)

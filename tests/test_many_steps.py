@@ -126,9 +126,7 @@ def _python_compile_steps(entry, step, donate_state=False):
 def test_the_multi_step_protocol_on_every_backend(backend, monkeypatch):
     """What JAX compiles (ScanReplay: stacked numbers, carried gradients, stacked results), run as
     a Python loop on this backend: the same numbers as single steps."""
-    monkeypatch.setattr(
-        type(BACKENDS[backend]), "compile_steps", lambda self, step, donate_state=False: _python_scan(step)
-    )
+    monkeypatch.setattr(type(BACKENDS[backend]), "compile_steps", _python_compile_steps)
     monkeypatch.setattr(type(BACKENDS[backend]), "compiles_steps", True)
     optimizer, hooks = OPTIMIZERS["adam"]
     many = _run(4, optimizer, hooks)
@@ -239,9 +237,7 @@ def test_an_interrupt_once_k_steps_have_run_leaves_them_done_and_counted(backend
     results are taken (the compiled call has run) still installs them all, and counts K."""
     from test_step import _interrupted_once
 
-    monkeypatch.setattr(
-        type(BACKENDS[backend]), "compile_steps", lambda self, step, donate_state=False: _python_scan(step)
-    )
+    monkeypatch.setattr(type(BACKENDS[backend]), "compile_steps", _python_compile_steps)
     monkeypatch.setattr(type(BACKENDS[backend]), "compiles_steps", True)
 
     def train(interrupt: bool):
