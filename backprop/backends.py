@@ -256,7 +256,14 @@ class NumPyBackend(BackendEntry):
 
         floating = lambda dtype: np.dtype(dtype).kind == "f"
         scalar = lambda value, dtype: np.asarray(value, dtype=dtype)
-        return FastPath(np.ndarray, floating, with_out, same_type, lambda f: reductions.get(f), scalar)
+        scalar_slow = {np.maximum, np.minimum, np.fmax, np.fmin}.__contains__  # no vectorized loop for a scalar
+
+        def full(value, shape):
+            array = np.full(shape, value, dtype=value.dtype)
+            array.flags.writeable = False  # a constant: nothing writes into it
+            return array
+
+        return FastPath(np.ndarray, floating, with_out, same_type, reductions.get, scalar, scalar_slow, full)
 
     def load(self):
         """NumPy as an array namespace, with `sum` and `max` calling its C reductions directly.

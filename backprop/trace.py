@@ -220,6 +220,14 @@ MATRIX_TRANSPOSE, TRANSPOSE = operator.attrgetter("mT"), operator.attrgetter("T"
 _ATTRIBUTES = {MATRIX_TRANSPOSE: "{}.mT", TRANSPOSE: "{}.T"}
 
 
+def _uniform(host) -> bool:
+    """Whether every element of a NumPy array has the first one's bits (-0.0 is not 0.0)."""
+    if not host.size or host.dtype.hasobject:
+        return False
+    rows = host.flatten().view("u1").reshape(host.size, host.itemsize)
+    return bool((rows == rows[0]).all())
+
+
 def _paren(source: str) -> str:
     """An operand that is not a name or an unsigned number gets parentheses (`(-1) ** v0`)."""
     return source if source.isidentifier() or source.replace(".", "", 1).isdigit() else f"({source})"
@@ -260,14 +268,14 @@ class Program:
 
     def _constants(self) -> list[str]:
         """A line for each array the program holds as a constant: its value if it is a number,
-        else its dtype and shape."""
+        else its dtype and shape (and its value where every element has it)."""
         lines = []
         for name, value in self._globals.items():
             if name.startswith("c") and _is_array(value):
-                shape = tuple(value.shape)
-                number = f"{to_numpy(value)!s} ({value.dtype})"
-                described = number if not shape else f"{value.dtype} array of shape {shape}"
-                lines.append(f"{name} = {described}")
+                host, shape = to_numpy(value), tuple(value.shape)
+                described = f"{host!s} ({value.dtype})" if not shape else f"{value.dtype} array of shape {shape}"
+                every = f", every element {host.flat[0]!s}" if shape and _uniform(host) else ""
+                lines.append(f"{name} = {described}{every}")
         return lines
 
     def _statement(self, call: Call) -> str:

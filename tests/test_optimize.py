@@ -13,7 +13,7 @@ from backprop.backends import BACKENDS
 from backprop.trace import Program, trace
 
 GENERIC = [opt.fold_constants, opt.drop_identities, opt.eliminate_common, opt.eliminate_dead]
-FAST = [opt.lower_reductions, opt.scalars_as_arrays, opt.reuse_buffers]
+FAST = [opt.lower_reductions, opt.scalars_as_arrays, opt.widen_scalars, opt.reuse_buffers]
 
 
 def _arrays(host):
@@ -65,7 +65,7 @@ def _train(backend, activation, loss, optimizer, hooks=(), **step_options):
     """Parameters, gradients and losses of 6 steps of a small model (float64) on `backend`."""
     bp.manual_seed(4)
     rng = np.random.default_rng(0)
-    model = bp.nn.mlp([7, 6, 5], activation, "sigmoid" if loss == "quadratic" else None, dtype="float64")
+    model = bp.nn.mlp([7, 12, 5], activation, "sigmoid" if loss == "quadratic" else None, dtype="float64")
     optim = optimizer(model.parameters())
     step = bp.TrainStep(model, bp.losses.LOSSES[loss], optim, gradient_hooks=hooks, **step_options)
     losses = []
@@ -95,6 +95,8 @@ def test_an_optimized_training_step_gives_the_unoptimized_replays_bits_and_the_e
     activation, loss, optimizer, hooks = STEPS[name]
     optimized = _train(backend, activation, loss, optimizer, hooks)
     assert optimized[3].mode in ("traced", "jit") and optimized[3].program is not None
+    if backend == "numpy" and activation == "relu":  # maximum(z, 0.0) beside a full array (widen_scalars)
+        assert "float64 array of shape (8, 12), every element 0.0" in str(optimized[3].program)
     recorded = _train(backend, activation, loss, optimizer, hooks, optimize=False)
     eager = _train(backend, activation, loss, optimizer, hooks, capture=False)
     compare = _close if BACKENDS[backend].capture == "jit" else _same  # XLA fuses each program its own way
@@ -250,6 +252,29 @@ def test_scalars_as_arrays_keeps_the_dtype_and_leaves_integers_alone():
     lines = _optimized(f, [np.linspace(0, 1, 5, dtype=np.float32), np.arange(5)], opt.scalars_as_arrays)
     assert "    # c0 = 0.1 (float32)" in lines and "    # c1 = 1.0 (float32)" in lines
     assert "    v2 = a1 * 3" in lines
+
+
+def test_widen_scalars_puts_an_array_beside_maximum_and_minimum_with_the_same_bits():
+    def f(a, small):
+        xp = a.__array_namespace__()
+        return [xp.maximum(a, 0.0), xp.minimum(0.5, a), xp.maximum(a, -0.0), xp.maximum(small, 0.0), a * 0.5]
+
+    rng = np.random.default_rng(3)
+    special = [np.nan, -np.nan, -0.0, 0.0, np.inf, -np.inf, 1e-40, -1e-40, 0.5, -0.5]
+    a = rng.permutation(np.concatenate([special * 4, rng.standard_normal(88)])).astype(np.float32).reshape(8, 16)
+    small = a[:3, :4].copy()  # 12 elements: the scalar's loop costs as little as an array's
+    passes = (opt.scalars_as_arrays, opt.widen_scalars)
+    lines = _optimized(f, [a, small], *passes)
+    for name, value in (("c0", "0.0"), ("c1", "0.5"), ("c2", "-0.0")):
+        assert f"    # {name} = float32 array of shape (8, 16), every element {value}" in lines, lines
+    assert "# c3 = 0.0 (float32)" in "\n".join(lines) and "v3 = xp_maximum(a1, c3)" in "\n".join(lines), lines
+    assert "v4 = a0 * c4" in "\n".join(lines), lines  # a multiplication is as fast beside a scalar
+    program, _ = trace(f, [a, small])
+    widened = Program(opt.optimize(program.trace, BACKENDS["numpy"].fast_path()))
+    for got, want in zip(widened(a, small), program(a, small), strict=True):
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))  # NaN and -0.0 too
+    constants = [c for c in widened._globals.values() if isinstance(c, np.ndarray) and c.shape == (8, 16)]
+    assert len(constants) == 3 and not any(c.flags.writeable for c in constants)
 
 
 def test_reuse_buffers_writes_only_into_temporaries_that_die():
