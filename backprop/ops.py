@@ -527,7 +527,8 @@ def getitem(x: Tensor, key) -> Tensor:
 
 @op("take")
 def take(x: Tensor, indices, axis: int = 0) -> Tensor:
-    """Pick slices along `axis` by an integer array (1-D); repeated indices add their gradients."""
+    """Pick slices along `axis` by an integer array (1-D): a negative index counts from the end, as
+    in the standard; repeated indices add their gradients."""
     xp = x.xp
     idx = indices.data if isinstance(indices, Tensor) else indices
     if not hasattr(idx, "shape"):
@@ -537,7 +538,11 @@ def take(x: Tensor, indices, axis: int = 0) -> Tensor:
     axis %= x.ndim
     size = x.shape[axis]
     entry = backend_of(xp)  # the standard has no scatter-add: the backend's, or a one-hot product
-    return result(xp.take(x.data, idx, axis=axis), xp, (x,), lambda g, needs: (entry.scatter_add(g, idx, axis, size),))
+
+    def backward(g, needs):  # scatter-adds take indices in [0, size): a one-hot row of -1 is all zeros
+        return (entry.scatter_add(g, xp.where(idx < 0, idx + size, idx), axis, size),)
+
+    return result(xp.take(x.data, idx, axis=axis), xp, (x,), backward)
 
 
 @op()

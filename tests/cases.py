@@ -90,6 +90,7 @@ CASES = {
     "getitem_int_none": Case("getitem", lambda F, a: a[None, 1, :, 2:], ((2, 3, 4),)),
     "take": Case("take", lambda F, a: F.take(a, [2, 0, 2, 3], axis=1), ((3, 4),)),
     "take_axis0": Case("take", lambda F, a: F.take(a, [1, 1, 0], axis=0), ((2, 3, 4),)),
+    "take_negative": Case("take", lambda F, a: F.take(a, [-1, 0, -4, 2, -1], axis=1), ((3, 4),)),
     "concat": Case("concat", lambda F, a, b: F.concat([a, b], axis=1), ((3, 2), (3, 4))),
     "stack": Case("stack", lambda F, a, b: F.stack([a, b], axis=1), ((3, 4), (3, 4))),
 }

@@ -25,7 +25,7 @@ class TorchOps:
     maximum, minimum, where = torch.maximum, torch.minimum, torch.where
     clip = staticmethod(lambda a, lo=None, hi=None: torch.clamp(a, lo, hi))
     astype = staticmethod(lambda a, dtype: a.to(getattr(torch, dtype)))
-    take = staticmethod(lambda a, idx, axis=0: torch.index_select(a, axis, torch.tensor(idx)))
+    take = staticmethod(lambda a, idx, axis=0: torch.index_select(a, axis, torch.tensor(idx) % a.shape[axis]))
     concat = staticmethod(lambda ts, axis=0: torch.cat(ts, dim=axis))
     stack = staticmethod(lambda ts, axis=0: torch.stack(ts, dim=axis))
 
