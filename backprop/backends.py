@@ -141,6 +141,12 @@ class BackendEntry:
         array[key] = values
         return array
 
+    def untracked(self, array):
+        """`array` without the history another autodiff system keeps of it (PyTorch's autograd):
+        backprop differentiates its own graph, and a history kept beside it would grow with each
+        step that updates parameters from it. Taken where arrays come in: tensors, steps, losses."""
+        return array
+
     def sign(self, array):
         """-1, 0 or 1 by the sign of each element (a real array)."""
         from array_api_compat import array_namespace
@@ -371,6 +377,9 @@ class TorchBackend(BackendEntry):
         shape = list(grad.shape)
         shape[axis] = size
         return grad.new_zeros(shape).index_add_(axis, indices, grad)
+
+    def untracked(self, array):
+        return array.detach() if getattr(array, "requires_grad", False) else array  # a trace's stand-in has none
 
     def to_host(self, array):
         return array.detach().cpu().numpy()

@@ -32,7 +32,8 @@ _sigmoid, _ = ops.OUTPUT_DERIVATIVES["sigmoid"]  # the one sigmoid formula, on p
 def _data(target, like: Tensor):
     if isinstance(target, Tensor):
         return target.data
-    return like.xp.asarray(target, device=like.data.device)  # the standard's attribute: no lookup call
+    xp = like.xp
+    return xp.asarray(backend_of(xp).untracked(target), device=like.data.device)  # device: the standard's attribute
 
 
 def _sum_over(xp, values, divisor):

@@ -386,8 +386,7 @@ class TrainStep:
         self._fingerprint = None
 
     def __call__(self, inputs, targets):
-        x = inputs.data if isinstance(inputs, Tensor) else inputs
-        y = targets.data if isinstance(targets, Tensor) else targets
+        x, y = self._array(inputs), self._array(targets)
         if not self.capture or not is_grad_enabled():  # under no_grad the eager step says why it cannot
             return self._eager(x, y)
         state = self._checked_state()
@@ -418,7 +417,7 @@ class TrainStep:
         captured and checked (the first such call is checked against K single steps); elsewhere
         they are a loop of single steps. Batches already stacked go to `run_stacked`.
         """
-        pairs = [tuple(a.data if isinstance(a, Tensor) else a for a in pair) for pair in batches]
+        pairs = [tuple(map(self._array, pair)) for pair in batches]
         if not pairs:
             raise ValueError("run_many needs at least one (inputs, targets) batch")
         first = [(a.shape, a.dtype) for a in pairs[0]]
@@ -445,8 +444,7 @@ class TrainStep:
         >>> tuple(losses.shape), tuple(outs.shape)
         ((5,), (5, 8, 2))
         """
-        xs = inputs.data if isinstance(inputs, Tensor) else inputs
-        ys = targets.data if isinstance(targets, Tensor) else targets
+        xs, ys = self._array(inputs), self._array(targets)
         for what, a in (("inputs", xs), ("targets", ys)):
             if len(getattr(a, "shape", ())) < 2:
                 shape = tuple(a.shape) if hasattr(a, "shape") else type(a).__name__
@@ -458,6 +456,10 @@ class TrainStep:
         if many is None:
             return self._one_by_one(_unstacked(xs, ys))
         return self._run_scan(many, xs, ys)
+
+    def _array(self, value):
+        """A Tensor's array, or `value` without another autodiff system's history (`untracked`)."""
+        return value.data if isinstance(value, Tensor) else backend_of(self.function.xp).untracked(value)
 
     def _run_scan(self, many, xs, ys):
         """The K steps of `many` on stacked batches; checked first if never yet."""

@@ -45,8 +45,8 @@ class Tensor:
         elif not is_array_api_obj(data):
             backend = get_backend()
             data = backend.asarray(data, dtype=backend.float_dtype if _is_float_data(data) else None)
-        self.data = data
         self.xp = namespace_of(data)
+        self.data = backend_of(self.xp).untracked(data)
         self.grad = None
         self._parents = ()
         self._backward = None

@@ -131,6 +131,30 @@ def test_torch_refuses_device_types_it_cannot_run_here():
             entry.device(name)
 
 
+def test_pytorch_tensors_that_require_grad_come_in_without_their_autograd_history():
+    torch = pytest.importorskip("torch")
+    with bp.use_backend("torch"):
+        bp.manual_seed(0)
+        model = bp.nn.mlp([4, 5, 3], "relu", dtype="float64")
+        step = bp.TrainStep(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), lr=0.1))
+        x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+        labels = torch.tensor([0, 1, 2, 0, 1, 2])
+        modes = set()
+        for _ in range(6):  # warm-up, recording, check, replays
+            results = step(x, labels)
+            modes.add(step.mode)
+        results += step.run_stacked(torch.stack([x, x]), torch.stack([labels, labels]))
+        assert "traced" in modes
+        target = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+        out = model(bp.Tensor(x))
+        loss = bp.losses.quadratic_loss(out, target)
+        loss.backward()
+        parameters = model.parameters()
+        arrays = [*results, out.data, loss.data, *(p.data for p in parameters), *(p.grad for p in parameters)]
+        assert not any(a.requires_grad for a in arrays)  # else each step's update would extend a torch graph
+        assert x.requires_grad and target.requires_grad  # the caller's tensors are left as they were
+
+
 # the names by which code could test which library an array comes from
 _IDENTITY = re.compile(
     r"is_(numpy|cupy|torch|jax|dask|ndonnx|array_api_strict)_(array|namespace)|\w\.__name__\s*(==|!=|\.startswith)"
