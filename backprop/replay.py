@@ -70,6 +70,16 @@ def _plain(steps: list) -> bool:
     return all(isinstance(value, (float, int)) for numbers in steps for value in numbers.values())
 
 
+class Returned:
+    """The state the last replay returned (the library's own arrays), shared by the replays of one
+    TrainStep: a replay of one batch shape that takes over from another's copies nothing."""
+
+    __slots__ = ("state",)
+
+    def __init__(self):
+        self.state: list = []
+
+
 class TracedReplay:
     """The step as a traced program (backprop.trace), optimized (backprop.optimize): replays skip
     the engine's Python. On JAX the program is a pure function, and XLA compiles it whole (mode
@@ -78,8 +88,9 @@ class TracedReplay:
     The state inputs at `donated` are the replay's own: the optimizer's state, which the NumPy
     fast path updates in place, and where the entry `donates` (JAX) the whole state, which the
     compiled step consumes, reusing its memory for the new state. A replay gives the program only
-    arrays that the previous replay returned there: any other (after a load, an eager step, an
-    array of yours) is copied first.
+    arrays that the previous replay returned there (of any batch shape: the step shares one
+    `returned_by` among its replays): any other (after a load, an eager step, an array of yours)
+    is copied first.
     """
 
     recording_mode = "traced"  # the call that records runs the step through the tracer
@@ -89,7 +100,7 @@ class TracedReplay:
         self.donated = donated
         self.program = compile(source, donated)
         self.mode, self.verified = mode, False
-        self._returned: list = []  # the donated state the last replay returned (its own arrays)
+        self.returned_by = Returned()
 
     @classmethod
     def record(cls, function, x, y, entry, optimized: bool = True):
@@ -126,10 +137,10 @@ class TracedReplay:
         return _run_and_take(self.program, layout.inputs(state, self.numbers.arrays(numbers), x, y), self._take)
 
     def owned(self, state: list) -> list:
-        """`state`, with a copy of each donated array that the last replay (of this step or of
-        its K-step `ScanReplay`s) did not return there."""
+        """`state`, with a copy of each donated array that the last replay (of this step, its
+        K-step `ScanReplay`s, or another sharing `returned_by`) did not return there."""
         start, stop = self.donated.start, self.donated.stop
-        given, returned = state[start:stop], self._returned
+        given, returned = state[start:stop], self.returned_by.state[start:stop]
         if len(given) == len(returned) and all(map(operator.is_, given, returned)):
             return state
         returned = returned if len(returned) == len(given) else [None] * len(given)
@@ -138,7 +149,7 @@ class TracedReplay:
 
     def returned(self, state: list) -> None:
         """Record `state` (laid out as the step's) as what the last replay returned."""
-        self._returned = state[self.donated.start : self.donated.stop]
+        self.returned_by.state = list(state[: self.layout.state])
 
     def _take(self, outputs) -> tuple:
         self.returned(outputs)  # the outputs begin with the state

@@ -81,7 +81,7 @@ from backprop import changes
 from backprop.backend import copy_array, get_rng_state, namespace_of, set_rng_state, to_numpy
 from backprop.backends import backend_of
 from backprop.nn import structure, structure_difference
-from backprop.replay import CaptureWarning, GraphReplay, NumberTable, ScanReplay, TracedReplay
+from backprop.replay import CaptureWarning, GraphReplay, NumberTable, Returned, ScanReplay, TracedReplay
 from backprop.tensor import Tensor, is_grad_enabled, leaf_gradients, unscaled_nodes
 
 MAX_CAPTURES = 8  # input shapes (and settings) captured per TrainStep; further ones run eagerly
@@ -361,6 +361,7 @@ class TrainStep:
         self._last = None  # the capture the last call replayed
         self._warmed: set = set()
         self._captures: dict = {}
+        self._returned = Returned()  # what the last replay of any shape returned (TracedReplay.owned)
         self._many: dict = {}  # (key, K) -> ScanReplay, or None where K steps run one by one
         self._changes = -1  # backprop.changes.count then
         self._state = None  # the state arrays the last call left behind
@@ -380,6 +381,7 @@ class TrainStep:
         parts = {"model": function.model, "loss": function.loss, "optimizer": function.optimizer, **change}
         self.function = StepFunction(**parts, gradient_hooks=function.gradient_hooks, keep_grads=function.keep_grads)
         self._captures.clear()
+        self._returned = Returned()
         self._many.clear()
         self._warmed.clear()
         self._state = None
@@ -577,6 +579,7 @@ class TrainStep:
             replay, results = self._record_graph(x, y, snapshot) if entry.capture == "cuda-graph" else (None, None)
             if replay is None:
                 replay, results = TracedReplay.record(function, x, y, entry, self.optimize)
+                replay.returned_by = self._returned
         except Exception as error:  # whatever stopped it, the step must still happen, once
             function.restore(snapshot)
             results = self._eager(x, y)  # if the step itself fails, that error is the one to see

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import backprop as bp
+import backprop.replay
 from backprop.backends import BACKENDS
 from backprop.tensor import result
 
@@ -826,3 +827,32 @@ def test_a_new_model_loss_or_optimizer_on_a_train_step_is_planned_anew():
     step(x, y)
     assert step.mode == "eager" and step.params == other.parameters()
     assert not np.array_equal(other.parameters()[0].numpy(), before)  # the new model trained
+
+
+def test_replays_of_two_batch_shapes_take_over_from_each_other_without_copying_the_state(backend, monkeypatch):
+    def model_and_step(capture):
+        bp.manual_seed(0)
+        model = bp.nn.mlp([5, 7, 3], "tanh", dtype="float64")
+        adam = bp.optim.Adam(model.parameters(), lr=0.05)  # state that replays own (JAX: all of it)
+        return model, bp.TrainStep(model, bp.losses.cross_entropy, adam, capture=capture)
+
+    rng = np.random.default_rng(1)
+    batches = [(rng.standard_normal((n, 5)), rng.integers(0, 3, n)) for n in (8, 6)] * 8
+    model, step = model_and_step(True)
+    copies = []
+    copy = backprop.replay.copy_array
+    monkeypatch.setattr("backprop.replay.copy_array", lambda a: copies.append(a) or copy(a))
+    modes = []
+    for i, (x, y) in enumerate(batches):
+        if i == 8:  # each shape warmed up, recorded and checked
+            copies.clear()
+        step(bp.tensor(x), bp.tensor(y))
+        modes.append(step.mode)
+    assert all(mode in CAPTURED_MODES for mode in modes[8:]), modes
+    assert copies == [], f"{len(copies)} state arrays copied in 8 replays that alternate two batch shapes"
+    eager_model, eager = model_and_step(False)
+    for x, y in batches:
+        eager(bp.tensor(x), bp.tensor(y))
+    rtol = 1e-12 if BACKENDS[backend].capture != "jit" else 1e-9
+    for got, want in zip(model.parameters(), eager_model.parameters(), strict=True):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=rtol, atol=rtol)
