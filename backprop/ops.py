@@ -535,12 +535,16 @@ def take(x: Tensor, indices, axis: int = 0) -> Tensor:
         idx = xp.asarray(idx, device=x.device)
     if idx.ndim != 1 or not xp.isdtype(idx.dtype, "integral"):
         raise TypeError(f"take needs a 1-D integer index array, got shape {tuple(idx.shape)} and {idx.dtype}")
+    if xp.iinfo(idx.dtype).bits < 32:  # JAX counts an int8 -1 from the end of 300 rows in int8
+        idx = xp.astype(idx, xp.int32)  # (wrongly), and PyTorch takes only int32 and int64
     axis %= x.ndim
     size = x.shape[axis]
     entry = backend_of(xp)  # the standard has no scatter-add: the backend's, or a one-hot product
 
-    def backward(g, needs):  # scatter-adds take indices in [0, size): a one-hot row of -1 is all zeros
-        return (entry.scatter_add(g, xp.where(idx < 0, idx + size, idx), axis, size),)
+    def backward(g, needs):  # a scatter-add takes indices in [0, size) (the one-hot product gives -1
+        if xp.isdtype(idx.dtype, "signed integer"):  # a row of zeros): negative ones from the end
+            return (entry.scatter_add(g, xp.where(idx < 0, idx + size, idx), axis, size),)
+        return (entry.scatter_add(g, idx, axis, size),)
 
     return result(xp.take(x.data, idx, axis=axis), xp, (x,), backward)
 

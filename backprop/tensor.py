@@ -209,7 +209,7 @@ def _root_gradient(root: Tensor, grad):
             raise RuntimeError(f"backward() without a gradient needs a one-element output, not shape {root.shape}")
         grad = root.xp.asarray(1.0, dtype=data.dtype, device=device(data))
         return root.xp.reshape(grad, data.shape) if data.ndim else grad
-    grad = grad.data if isinstance(grad, Tensor) else grad
+    grad = grad.data if isinstance(grad, Tensor) else backend_of(root.xp).untracked(grad)
     if tuple(grad.shape) != tuple(data.shape):
         raise ValueError(f"gradient of shape {tuple(grad.shape)} given for an output of shape {root.shape}")
     return grad

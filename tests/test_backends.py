@@ -151,6 +151,9 @@ def test_pytorch_tensors_that_require_grad_come_in_without_their_autograd_histor
         loss.backward()
         parameters = model.parameters()
         arrays = [*results, out.data, loss.data, *(p.data for p in parameters), *(p.grad for p in parameters)]
+        upstream = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)  # a given upstream gradient
+        model(bp.Tensor(x)).backward(upstream)
+        arrays += [p.grad for p in parameters] + bp.grad(model(bp.Tensor(x)), parameters, grad_output=upstream)
         assert not any(a.requires_grad for a in arrays)  # else each step's update would extend a torch graph
         assert x.requires_grad and target.requires_grad  # the caller's tensors are left as they were
 

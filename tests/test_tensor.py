@@ -199,3 +199,18 @@ def test_tensor_helpers(backend):
     with pytest.raises(ValueError, match="one element"):
         x.item()
     assert isinstance(x > 0.0, Tensor) and bp.to_numpy((x > 0.0).data).tolist() == [[True, False, True]]
+
+
+@pytest.mark.parametrize("dtype, size, picked", [("uint8", 256, [0, 17, 255, 17]), ("int8", 300, [-1, 5, -128, 127])])
+def test_take_by_narrow_integer_indices_picks_and_adds_up_as_numpy_does(backend, dtype, size, picked):
+    """uint8 pixels into a 256-entry table; int8 indices, negative ones too, into 300 rows (JAX
+    counted an int8 -1 from the end in int8, and 300 does not fit int8 in backward)."""
+    table = np.linspace(-1.0, 2.0, size * 3).reshape(size, 3)
+    rows = np.array(picked, dtype=np.int64)
+    x = bp.tensor(table, requires_grad=True)
+    out = x.take(bp.tensor(np.array(picked, dtype=dtype)).data, axis=0)
+    (out * out).sum().backward()
+    want = np.zeros_like(table)
+    np.add.at(want, rows, 2 * table[rows])
+    np.testing.assert_allclose(out.numpy(), table[rows], rtol=1e-6)
+    np.testing.assert_allclose(bp.to_numpy(x.grad), want, rtol=1e-6)
