@@ -15,11 +15,11 @@ Where the backend entry declares a `FastPath` (NumPy):
 - `lower_reductions`: `xp.sum`, `xp.max` become the ufunc reductions they wrap (`np.add.reduce`);
 - `scalars_as_arrays`: a Python number beside an array becomes a 0-d array of its dtype (NumPy
   converts a Python number on every call; the result is the same, as NumPy casts it to that dtype);
-- `widen_scalars`: `maximum(v, c)` beside a 0-d array c takes a constant of v's shape full of c
-  (NumPy's loop for a broadcast scalar is not vectorized for `maximum` and `minimum`: a 128 x 512
-  float32 relu takes 19.5 us, against 3.4 us beside an array);
 - `reuse_buffers`: an element-wise call writes its result into an operand that dies there (`v += a`,
-  `tanh(v, out=v)`): a temporary, or an optimizer state array the step replaces (updated in place).
+  `tanh(v, out=v)`): a temporary, or an optimizer state array the step replaces (updated in place);
+- `widen_scalars`: `maximum(v, c, out=v)` beside a 0-d array c takes a constant of v's shape full
+  of c (NumPy's loop for a broadcast scalar is not vectorized for `maximum` and `minimum`: a
+  128 x 512 float32 relu takes 19.5 us, against 3.4 us beside an array).
 
 Reassociating scalar factors (`lr * (g / B)` as `(lr / B) * g`) would change the rounding, and the
 step returns `g` itself, so it is not done: chains of constants fold instead (`1.0 / B` once).
@@ -79,8 +79,8 @@ def optimize(trace: Trace, fast_path: FastPath | None = None, donated=()) -> Tra
     if fast_path is not None:
         trace = lower_reductions(trace, fast_path)
         trace = scalars_as_arrays(trace, fast_path)
-        trace = widen_scalars(trace, fast_path)
         trace = reuse_buffers(trace, fast_path, donated)
+        trace = widen_scalars(trace, fast_path)
     return Trace(trace.inputs, trace.calls, trace.outputs)
 
 
@@ -331,34 +331,38 @@ def _as_array(value, dtype, fast: FastPath, constants: dict):
     return constants[key]
 
 
-_WIDE = (64, 8 << 20)  # results widened: from 64 elements to 8 MiB (past the cache, memory traffic
-# decides: a 4096 x 4096 float64 relu is slower beside a full array)
+_WIDE = (64, 8 << 20, 32 << 20)  # widened: results from 64 elements to 8 MiB (past the cache, memory
+# traffic decides: a 4096 x 4096 float64 relu is slower beside a full array), 32 MiB in all
 
 
 def widen_scalars(trace: Trace, fast: FastPath) -> Trace:
-    """`maximum(v, c)`, c a 0-d array of v's dtype and v of the result's shape, as `maximum(v, C)`,
-    C a constant of that shape full of c, where `fast.scalar_slow(function)`. Each element is the
-    same computation; only the loop differs. One constant per value, dtype and shape."""
+    """`maximum(v, c, out=v)`, c a 0-d array of v's dtype, as `maximum(v, C, out=v)`, C a constant
+    of v's shape full of c, where `fast.scalar_slow(function)`. Each element is the same
+    computation; only the loop differs. Only where the result goes into v itself: its memory
+    layout is then v's, whatever C's (a new result would follow C's, and a later reduction add
+    in another order). One constant per value and shape."""
     constants: dict = {}
     calls = []
     for call in trace.calls:
-        out = trace.specs.get(call.outputs[0]) if len(call.outputs) == 1 and len(call.args) == 2 else None
-        if out is not None and not call.kwargs and _float(out, fast) and fast.scalar_slow(call.function):
-            size = math.prod(out.shape)
-            wide = _WIDE[0] <= size and size * out.dtype.itemsize <= _WIDE[1]
-            if wide and any(isinstance(a, Var) and trace.specs[a] == out for a in call.args):
-                args = tuple(_full(a, out, fast, constants) for a in call.args)
-                call = replace(call, args=args)
+        into = call.kwargs.get("out")
+        spec = trace.specs.get(into) if isinstance(into, Var) and len(call.args) == 2 else None
+        if spec is not None and set(call.kwargs) == {"out"} and _float(spec, fast) and fast.scalar_slow(call.function):
+            size = math.prod(spec.shape) * spec.dtype.itemsize
+            if _WIDE[0] * spec.dtype.itemsize <= size <= _WIDE[1] and any(a is into for a in call.args):
+                call = replace(call, args=tuple(_full(a, spec, fast, constants) for a in call.args))
         calls.append(call)
     return _derive(trace, calls, {})
 
 
 def _full(value, out, fast: FastPath, constants: dict):
-    """`value`, or where it is a 0-d array of `out`'s dtype, a constant of out's shape full of it."""
+    """`value`, or where it is a 0-d array of `out`'s dtype, a constant of out's shape full of it
+    (while the pass's constants stay within 32 MiB in all)."""
     if isinstance(value, Var) or not isinstance(value, fast.array_type) or value.shape or value.dtype != out.dtype:
         return value
     key = (id(value), out.shape)  # value: a constant the trace holds, alive as long as it
     if key not in constants:
+        if sum(c.nbytes for c in constants.values()) + math.prod(out.shape) * value.itemsize > _WIDE[2]:
+            return value
         constants[key] = fast.full(value, out.shape)
     return constants[key]
 

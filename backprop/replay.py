@@ -71,13 +71,14 @@ def _plain(steps: list) -> bool:
 
 
 class Returned:
-    """The state the last replay returned (the library's own arrays), shared by the replays of one
-    TrainStep: a replay of one batch shape that takes over from another's copies nothing."""
+    """The donated state the last replay returned (the library's own arrays) and where it lies in
+    the state (`donated`), shared by the replays of one TrainStep: a replay of one batch shape that
+    takes over from another's copies nothing."""
 
-    __slots__ = ("state",)
+    __slots__ = ("donated", "arrays")
 
     def __init__(self):
-        self.state: list = []
+        self.donated, self.arrays = range(0), []
 
 
 class TracedReplay:
@@ -140,7 +141,8 @@ class TracedReplay:
         """`state`, with a copy of each donated array that the last replay (of this step, its
         K-step `ScanReplay`s, or another sharing `returned_by`) did not return there."""
         start, stop = self.donated.start, self.donated.stop
-        given, returned = state[start:stop], self.returned_by.state[start:stop]
+        last = self.returned_by
+        given, returned = state[start:stop], last.arrays if last.donated == self.donated else []
         if len(given) == len(returned) and all(map(operator.is_, given, returned)):
             return state
         returned = returned if len(returned) == len(given) else [None] * len(given)
@@ -149,7 +151,8 @@ class TracedReplay:
 
     def returned(self, state: list) -> None:
         """Record `state` (laid out as the step's) as what the last replay returned."""
-        self.returned_by.state = list(state[: self.layout.state])
+        last = self.returned_by
+        last.donated, last.arrays = self.donated, state[self.donated.start : self.donated.stop]
 
     def _take(self, outputs) -> tuple:
         self.returned(outputs)  # the outputs begin with the state

@@ -257,24 +257,38 @@ def test_scalars_as_arrays_keeps_the_dtype_and_leaves_integers_alone():
 def test_widen_scalars_puts_an_array_beside_maximum_and_minimum_with_the_same_bits():
     def f(a, small):
         xp = a.__array_namespace__()
-        return [xp.maximum(a, 0.0), xp.minimum(0.5, a), xp.maximum(a, -0.0), xp.maximum(small, 0.0), a * 0.5]
+        kept = a.T * 1.0  # column-major, and used again below: maximum makes a new array, which
+        beside_kept = xp.maximum(kept, 0.0)  # stays column-major beside the scalar alone
+        transposed = xp.maximum(a.T / 1.0, 0.0)  # written into its operand: column-major all along
+        return [  # temporaries of the same values, each computed its own way (not merged as one)
+            xp.maximum(a * 1.0, 0.0),
+            xp.minimum(0.5, a / 1.0),
+            xp.maximum(a - 0.0, -0.0),
+            xp.maximum(small * 1.0, 0.0),  # 12 elements: the scalar's loop costs as little as an array's
+            beside_kept,
+            beside_kept + kept,
+            transposed,
+            xp.sum(transposed, axis=0),  # adds in the transposed result's memory order
+        ]
 
     rng = np.random.default_rng(3)
     special = [np.nan, -np.nan, -0.0, 0.0, np.inf, -np.inf, 1e-40, -1e-40, 0.5, -0.5]
     a = rng.permutation(np.concatenate([special * 4, rng.standard_normal(88)])).astype(np.float32).reshape(8, 16)
-    small = a[:3, :4].copy()  # 12 elements: the scalar's loop costs as little as an array's
-    passes = (opt.scalars_as_arrays, opt.widen_scalars)
-    lines = _optimized(f, [a, small], *passes)
-    for name, value in (("c0", "0.0"), ("c1", "0.5"), ("c2", "-0.0")):
-        assert f"    # {name} = float32 array of shape (8, 16), every element {value}" in lines, lines
-    assert "# c3 = 0.0 (float32)" in "\n".join(lines) and "v3 = xp_maximum(a1, c3)" in "\n".join(lines), lines
-    assert "v4 = a0 * c4" in "\n".join(lines), lines  # a multiplication is as fast beside a scalar
+    small = a[:3, :4].copy()
+    passes = (opt.scalars_as_arrays, opt.reuse_buffers, opt.widen_scalars)
+    source = "\n".join(_optimized(f, [a, small], *passes))
+    for value, shape in (("0.0", (16, 8)), ("0.0", (8, 16)), ("0.5", (8, 16)), ("-0.0", (8, 16))):
+        assert f"float32 array of shape {shape}, every element {value}" in source, source
+    zero = re.search(r"# (c\d+) = 0.0 \(float32\)", source).group(1)  # the 0-d one
+    assert re.search(rf"= xp_maximum\(v\d+, {zero}\)", source), source  # beside `kept`, which lives on
+    assert re.search(rf"maximum\(v\d+, {zero}, out=v\d+\)", source), source  # beside `small`
     program, _ = trace(f, [a, small])
     widened = Program(opt.optimize(program.trace, BACKENDS["numpy"].fast_path()))
     for got, want in zip(widened(a, small), program(a, small), strict=True):
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))  # NaN and -0.0 too
-    constants = [c for c in widened._globals.values() if isinstance(c, np.ndarray) and c.shape == (8, 16)]
-    assert len(constants) == 3 and not any(c.flags.writeable for c in constants)
+        assert got.flags.c_contiguous == want.flags.c_contiguous
+    constants = [c for c in widened._globals.values() if isinstance(c, np.ndarray) and c.ndim == 2]
+    assert len(constants) == 4 and not any(c.flags.writeable for c in constants)
 
 
 def test_reuse_buffers_writes_only_into_temporaries_that_die():
