@@ -347,8 +347,9 @@ def widen_scalars(trace: Trace, fast: FastPath) -> Trace:
         into = call.kwargs.get("out")
         spec = trace.specs.get(into) if isinstance(into, Var) and len(call.args) == 2 else None
         if spec is not None and set(call.kwargs) == {"out"} and _float(spec, fast) and fast.scalar_slow(call.function):
-            size = math.prod(spec.shape) * spec.dtype.itemsize
-            if _WIDE[0] * spec.dtype.itemsize <= size <= _WIDE[1] and any(a is into for a in call.args):
+            elements = math.prod(spec.shape)
+            wide = _WIDE[0] <= elements and elements * spec.dtype.itemsize <= _WIDE[1]
+            if wide and any(a is into for a in call.args):
                 call = replace(call, args=tuple(_full(a, spec, fast, constants) for a in call.args))
         calls.append(call)
     return _derive(trace, calls, {})
@@ -361,7 +362,7 @@ def _full(value, out, fast: FastPath, constants: dict):
         return value
     key = (id(value), out.shape)  # value: a constant the trace holds, alive as long as it
     if key not in constants:
-        if sum(c.nbytes for c in constants.values()) + math.prod(out.shape) * value.itemsize > _WIDE[2]:
+        if sum(c.nbytes for c in constants.values()) + math.prod(out.shape) * out.dtype.itemsize > _WIDE[2]:
             return value
         constants[key] = fast.full(value, out.shape)
     return constants[key]
