@@ -36,7 +36,11 @@ def test_cpu_suite_writes_tables_and_json_with_targets(suite, tmp_path):
         assert "torch.compile" in s["seconds"] or s["left_out"]["torch.compile"]
     assert "jax.jit (hand-written)" not in s["seconds"]  # JAX joins only the all-threads runs
     assert s["modes"]["backprop (numpy, captured)"] == "traced" and s["modes"]["backprop (numpy)"] == "eager"
-    assert {t["target"] for t in s["targets"]} >= {"backprop, captured, within 1.15x of the NumPy floor"}
+    assert {t["target"] for t in s["targets"]} >= {
+        "backprop, captured, not slower than the NumPy floor",  # the performance issue's targets 1 and 2
+        "backprop within 1.30x of the NumPy floor",
+        "backprop, captured, within 1.15x of the NumPy floor",
+    }
     assert all(isinstance(t["met"], bool) and t["ratio"] > 0 for run in runs.values() for t in run["targets"])
     assert 0 < results["memory"]["eager"] < 3 and 0 < results["memory"]["captured"] < 3
     table = (tmp_path / "smoke.md").read_text()
