@@ -417,9 +417,11 @@ class TrainStep:
         `steps_per_execution`). Where the backend compiles several steps as one (JAX: a
         `lax.scan` over the captured step), the K steps are one call once the single step is
         captured and checked (the first such call is checked against K single steps); elsewhere
-        they are a loop of single steps. Batches already stacked go to `run_stacked`.
+        they are a loop of single steps. Batches already stacked go to `run_stacked`. Where a step
+        of that loop raises, the steps before it stay taken and counted, as K calls would leave
+        them (the error says how many); a compiled call of K steps is all or nothing.
         """
-        pairs = [tuple(map(self._array, pair)) for pair in batches]
+        pairs = [tuple(map(self._array, _pair(i, batch))) for i, batch in enumerate(batches)]
         if not pairs:
             raise ValueError("run_many needs at least one (inputs, targets) batch")
         first = [(a.shape, a.dtype) for a in pairs[0]]
@@ -532,8 +534,13 @@ class TrainStep:
         out buffers that the next one overwrites: CUDA graphs)."""
         copies = backend_of(self.function.xp).capture == "cuda-graph"
         results = []
-        for x, y in pairs:
-            loss, out = self(x, y)
+        for k, (x, y) in enumerate(pairs):
+            try:
+                loss, out = self(x, y)
+            except Exception as error:
+                if k and hasattr(error, "add_note"):  # as k calls would leave it: those steps done, counted
+                    error.add_note(f"(step {k + 1} of {len(pairs)} of this call; the {k} before it were taken)")
+                raise
             results.append((copy_array(loss), copy_array(out)) if copies else (loss, out))
         xp = namespace_of(results[0][1])
         return xp.stack([xp.asarray(loss) for loss, _ in results]), xp.stack([out for _, out in results])
@@ -655,6 +662,14 @@ def _difference(old: tuple, new: tuple) -> str:
     return "the optimizer's state changes" if names else "a parameter or state shape or dtype changes"
 
 
+def _pair(i: int, batch) -> tuple:
+    """Batch `i` of `run_many`, checked to be an (inputs, targets) pair."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return tuple(batch)
+    what = f"{len(batch)} items" if isinstance(batch, (tuple, list)) else f"a {type(batch).__name__}"
+    raise ValueError(f"run_many: batch {i} is {what}, not an (inputs, targets) pair")
+
+
 def _unstacked(xs, ys) -> list:
     """The K batches (xs[k], ys[k]) of stacked batches."""
     return [(xs[k, ...], ys[k, ...]) for k in range(xs.shape[0])]
@@ -672,7 +687,11 @@ def _first_mismatch(replayed: list, eager: list) -> str | None:
         a, b = to_numpy(a), to_numpy(b)
         rtol = 1e-9 if b.dtype == np.float64 else 1e-4
         a, b = a.astype(np.float64), b.astype(np.float64)
-        scale = max(float(np.max(np.abs(b), initial=0.0)), 1e-30)
-        if a.shape != b.shape or not float(np.max(np.abs(a - b), initial=0.0)) <= rtol * scale:
-            return f"array {i} of shape {b.shape}"
+        if a.shape != b.shape:
+            return f"array {i} of shape {a.shape} against {b.shape}"
+        differ = ~((a == b) | (np.isnan(a) & np.isnan(b)))  # a NaN (or inf) both sides have agrees
+        if differ.any():
+            scale = max(float(np.max(np.abs(b[np.isfinite(b)]), initial=0.0)), 1e-30)
+            if not float(np.max(np.abs(a[differ] - b[differ]))) <= rtol * scale:  # NaN or inf on one side: no
+                return f"array {i} of shape {b.shape}"
     return None

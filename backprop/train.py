@@ -260,9 +260,11 @@ def _check_metrics(metrics) -> None:
 
 class _Tally:
     """Loss and correct predictions summed on the device and read once at the end. The steps'
-    losses and outputs are kept and reduced FLUSH at a time, in a few whole-array calls rather
-    than several small ones per step (float16 losses are summed in float32: an epoch's sum would
-    overflow float16's 65504). On a backend whose captured steps hand out buffers they overwrite
+    losses and outputs are kept and reduced FLUSH steps at a time, in a few whole-array calls
+    rather than several small ones per step (float16 losses are summed in float32: an epoch's sum
+    would overflow float16's 65504). The losses are summed in runs of exactly FLUSH steps, in
+    order, however the steps came (one by one or stacked): the same sum to the last bit for any
+    `steps_per_execution`. On a backend whose captured steps hand out buffers they overwrite
     (CUDA graphs), what is kept is copied first."""
 
     FLUSH = 64
@@ -278,47 +280,56 @@ class _Tally:
     def add(self, loss, out, targets) -> None:
         if self.copies:
             loss, out = copy_array(loss), copy_array(out)
-        self.losses.append(loss)
+        self.singles.append(loss)
         self.sizes.append(out.shape[0])
         if self.accuracy:
             self.outs.append(out)
             self.targets.append(targets)
-        if len(self.losses) == self.FLUSH:
+        if len(self.sizes) == self.FLUSH:
             self._flush()
 
     def add_many(self, losses, outs, targets) -> None:
         """Several steps at once: their losses (K,), outputs (K, batch, ...) and targets (K, batch, ...)."""
         if self.copies:
             losses, outs = copy_array(losses), copy_array(outs)
-        self.stacked.append(losses)
-        self.stacked_sizes += [outs.shape[1]] * outs.shape[0]
-        if self.accuracy:
+        if self.accuracy:  # counts of correct predictions add up exactly, flushed whenever
             self.outs.append(self.xp.reshape(outs, (-1, *outs.shape[2:])))
             self.targets.append(self.xp.reshape(targets, (-1, *targets.shape[2:])))
-        if len(self.stacked_sizes) >= self.FLUSH:
-            self._flush()
+        self._stack_singles()  # the steps before these stay before them
+        k, size, done = losses.shape[0], outs.shape[1], 0
+        while done < k:
+            take = min(k - done, self.FLUSH - len(self.sizes))
+            self.pieces.append(losses if take == k else losses[done : done + take])
+            self.sizes += [size] * take
+            done += take
+            if len(self.sizes) == self.FLUSH:
+                self._flush()
+
+    def _stack_singles(self) -> None:
+        if self.singles:
+            self.pieces.append(self.xp.stack([self.xp.asarray(value) for value in self.singles]))
+            self.singles = []
 
     def _flush(self) -> None:
-        if not self.sizes and not self.stacked_sizes:
+        if not self.sizes:
             return
         xp = self.xp
-        single = [xp.stack([xp.asarray(value) for value in self.losses])] if self.losses else []
-        losses = xp.concat([*self.stacked, *single]) if self.stacked else single[0]
+        self._stack_singles()
+        losses = self.pieces[0] if len(self.pieces) == 1 else xp.concat(self.pieces)
         if self.narrow is not None and losses.dtype == self.narrow:
             losses = xp.astype(losses, xp.float32)
-        counts = self.stacked_sizes + self.sizes  # in the order of `losses`
-        sizes = xp.asarray(counts, dtype=losses.dtype, device=device_of(losses))
+        sizes = xp.asarray(self.sizes, dtype=losses.dtype, device=device_of(losses))
         self.loss = self.loss + xp.sum(losses * sizes)
-        self.count += sum(counts)
-        if self.accuracy:
+        self.count += sum(self.sizes)
+        if self.accuracy and self.outs:
             out, targets = xp.concat(self.outs, axis=0), xp.concat(self.targets, axis=0)
             self.correct = self.correct + _correct(xp, out, targets)
         self._clear()
 
     def _clear(self) -> None:
         """Nothing kept: the sums so far hold every step flushed."""
-        self.losses, self.sizes, self.outs, self.targets = [], [], [], []
-        self.stacked, self.stacked_sizes = [], []  # losses of several steps, one array each (run_stacked)
+        self.pieces, self.singles, self.sizes = [], [], []  # losses: 1-d arrays in order, then 0-d ones
+        self.outs, self.targets = [], []
 
     def record(self, reduce_sums=None) -> dict:
         """The mean loss (and accuracy); `reduce_sums` adds up the sums of every rank first."""
@@ -501,8 +512,10 @@ def fit(
     """
     loss = _loss_function(loss)
     verbose = resolve_verbose(verbose)
+    # plain ints from here: NumPy's small integers wrap around (np.uint8(255) + 1 is 0)
+    epochs, batch_size = positive_int("epochs", epochs), positive_int("batch_size", batch_size)
+    steps_per_execution = positive_int("steps_per_execution", steps_per_execution)
     _check_fit_arguments(train, epochs, batch_size, validation, metrics, callbacks, checkpoint)
-    positive_int("steps_per_execution", steps_per_execution)
     ranks = distributed.world()
     dtype = _model_dtype(model)
     batches = _as_batches(train, batch_size, shuffle, "the training set", (ranks.rank, ranks.size), dtype)

@@ -2,6 +2,7 @@
 one step per call, on every backend; K steps compiled as one call (JAX's lax.scan) are checked
 once against single steps, and where they differ or fail they run one by one, with a warning."""
 
+import sys
 import warnings
 
 import numpy as np
@@ -154,22 +155,25 @@ def test_steps_that_differ_as_one_call_run_one_by_one_with_a_warning(monkeypatch
 
 @pytest.mark.parametrize("per_call", [3, 5])
 def test_fit_with_steps_per_execution_trains_as_one_step_per_call(backend, per_call):
-    x, y = bp.data.spirals(203)  # 12 batches of 16 and one of 11
+    """The same weights and history, to the last bit where replays are exact: more than 64 batches
+    (the losses are summed 64 steps at a time, and a group of K steps straddles the 64th)."""
+    x, y = bp.data.spirals(203)  # 67 batches of 3 and one of 2
 
     def run(k):
         bp.manual_seed(0)
-        model = bp.nn.mlp([2, 16, 2], "tanh", dtype="float64")
+        model = bp.nn.mlp([2, 16, 2], "tanh", dtype="float32")  # float32: a sum in other runs rounds otherwise
         opt = bp.optim.Adam(model.parameters(), lr=0.01)
-        history = bp.fit(model, "cross_entropy", opt, (x, y), epochs=2, batch_size=16, verbose=0, capture=True,
+        history = bp.fit(model, "cross_entropy", opt, (x, y), epochs=2, batch_size=3, verbose=0, capture=True,
                          steps_per_execution=k)  # fmt: skip
         return history, [p.numpy() for p in model.parameters()]
 
     (history, weights), (expected_history, expected) = run(per_call), run(1)
     exact = BACKENDS[backend].capture != "jit"
     for got, want in zip(weights, expected, strict=True):
-        np.testing.assert_allclose(got, want, rtol=0 if exact else 1e-12, atol=0 if exact else 1e-14)
+        np.testing.assert_allclose(got, want, rtol=0 if exact else 1e-4, atol=0 if exact else 1e-5)
     for got, want in zip(history.epochs, expected_history.epochs, strict=True):
-        assert got["loss"] == pytest.approx(want["loss"], rel=1e-12) and got["accuracy"] == want["accuracy"]
+        assert got["loss"] == want["loss"] if exact else got["loss"] == pytest.approx(want["loss"], rel=1e-4)
+        assert got["accuracy"] == want["accuracy"] if exact else abs(got["accuracy"] - want["accuracy"]) < 0.02
 
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5, "4", True])
@@ -178,6 +182,25 @@ def test_fit_refuses_a_steps_per_execution_that_is_not_a_positive_integer(bad):
     with pytest.raises(ConfigError, match="steps_per_execution"):
         bp.fit(model, "cross_entropy", bp.optim.SGD(model.parameters(), lr=0.1), bp.data.spirals(8), epochs=1,
                steps_per_execution=bad, verbose=0)  # fmt: skip
+
+
+def test_fit_takes_small_numpy_integers_as_the_numbers_they_are():
+    """np.int8(3) * 100 wraps around (to 44), np.uint8(100) * 3 too: fit counts with Python ints."""
+    x, y = bp.data.spirals(400)  # 8 batches of 100 an epoch
+
+    def run(epochs, batch_size, k):
+        bp.manual_seed(0)
+        model = bp.nn.mlp([2, 8, 2], "tanh", dtype="float64")
+        opt = bp.optim.SGD(model.parameters(), lr=0.1)
+        history = bp.fit(model, "cross_entropy", opt, (x, y), epochs=epochs, batch_size=batch_size, verbose=0,
+                         steps_per_execution=k)  # fmt: skip
+        return len(history), opt.steps, [p.numpy() for p in model.parameters()]
+
+    epochs, steps, weights = run(np.uint8(2), np.uint8(100), np.int8(3))
+    expected_epochs, expected_steps, expected = run(2, 100, 3)
+    assert (epochs, steps) == (expected_epochs, expected_steps) == (2, 16)
+    for got, want in zip(weights, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_run_many_refuses_no_batches_and_batches_that_differ():
@@ -189,7 +212,46 @@ def test_run_many_refuses_no_batches_and_batches_that_differ():
     batches = [*_batches(2, rng), *_batches(1, rng, shape=(3, 7))]
     with pytest.raises(ValueError, match=r"batch 2 is \(3, 7\) float64 and \(3,\) int64, batch 0 \(8, 7\) float64"):
         step.run_many(batches)
-    assert model.layers[0].weight.grad is None  # nothing ran
+    x, y = batches[0]
+    for bad, message in (([(x, y, y)], "batch 0 is 3 items"), ([(x, y), x], "batch 1 is a ndarray"),
+                         ([(x,)], "batch 0 is 1 items")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"{message}, not an \\(inputs, targets\\) pair"):
+            step.run_many(bad)
+    assert model.layers[0].weight.grad is None and step.optimizer.steps == 0  # nothing ran
+
+
+def test_a_step_of_the_loop_that_raises_says_how_many_steps_before_it_were_taken():
+    bp.manual_seed(1)
+    model = bp.nn.mlp([7, 6, 5], "tanh", dtype="float64")
+    step = bp.TrainStep(model, bp.losses.cross_entropy, bp.optim.Adam(model.parameters()), capture=False)
+    rng = np.random.default_rng(0)
+    xs, ys = rng.standard_normal((5, 8, 7)), rng.integers(0, 5, (5, 8))
+    ys[2, 0] = 7  # step 3 of 5: a label out of range
+    with pytest.raises(ValueError, match="labels must be in 0..4") as caught:
+        step.run_stacked(xs, ys)
+    assert step.optimizer.steps == 2  # as five calls would leave it
+    if sys.version_info >= (3, 11):  # exceptions take notes from 3.11
+        assert caught.value.__notes__ == ["(step 3 of 5 of this call; the 2 before it were taken)"]
+
+
+@pytest.mark.parametrize("per_call", [1, 4])
+def test_a_nan_that_the_eager_step_gives_too_is_no_reason_to_stop_replaying(backend, per_call):
+    """Replays are checked against eager steps: NaN where both have it is agreement."""
+    be = bp.get_backend()
+    bp.manual_seed(1)
+    model = bp.nn.mlp([7, 6, 5], "tanh", dtype="float64")
+    step = bp.TrainStep(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), lr=0.1))
+    rng = np.random.default_rng(0)
+    xs, ys = rng.standard_normal((6, per_call, 8, 7)), rng.integers(0, 5, (6, per_call, 8))
+    xs[0, -1, 0, 0] = np.nan  # NaN parameters from the first call on, in every check
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", bp.CaptureWarning)
+        for x, y in zip(xs, ys, strict=True):
+            if per_call == 1:
+                step(be.asarray(x[0]), be.asarray(y[0]))
+            else:
+                step.run_stacked(be.asarray(x), be.asarray(y))
+    assert step.capture and step.mode != "eager"
 
 
 def test_run_many_keeps_each_steps_results_where_replays_hand_out_buffers(backend, monkeypatch):

@@ -35,7 +35,7 @@ class Batches:
             raise ConfigError(f"{len(inputs)} inputs but {len(targets)} targets")
         if len(inputs) == 0:
             raise ConfigError("no samples: inputs and targets are empty")
-        positive_int("batch_size", batch_size)
+        batch_size = positive_int("batch_size", batch_size)  # a plain int: NumPy's small ones wrap around
         rank, ranks = shard
         if not 0 <= rank < ranks or len(inputs) < ranks:
             raise ConfigError(f"shard {rank} of {ranks} of {len(inputs)} samples: each rank needs one at least")
@@ -74,7 +74,7 @@ class Batches:
         >>> [(tuple(x.shape), stacked) for x, _, stacked in batches.groups(2)]
         [((2, 3, 3), True), ((3, 3), False), ((1, 3), False)]
         """
-        positive_int("k", k)
+        k = positive_int("k", k)
         if type(self).__iter__ is not Batches.__iter__:
             yield from self._stacked_groups(k)
             return
