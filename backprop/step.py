@@ -409,7 +409,15 @@ class TrainStep:
         self._state = function.state()
         if len(self._state) != len(state) and self.capture:  # the optimizer made its state: the
             self._fingerprint = function.fingerprint(self._state)  # step's own change, not the user's
+            self._drop_captures_without(len(self._state))
         return loss, out
+
+    def _drop_captures_without(self, state: int) -> None:
+        """Forget the replays laid out for another number of state arrays (recorded for a batch
+        shape before a step of another shape gave a parameter its first gradient, and with it the
+        optimizer's state for that parameter): that shape records again."""
+        self._captures = {key: r for key, r in self._captures.items() if r is None or r.layout.state == state}
+        self._many = {key: r for key, r in self._many.items() if r is None or r.replay.layout.state == state}
 
     def run_many(self, batches):
         """One step per (inputs, targets) of `batches`, all of one shape: (losses, outputs) with a

@@ -856,3 +856,38 @@ def test_replays_of_two_batch_shapes_take_over_from_each_other_without_copying_t
     rtol = 1e-12 if BACKENDS[backend].capture != "jit" else 1e-9
     for got, want in zip(model.parameters(), eager_model.parameters(), strict=True):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=rtol, atol=rtol)
+
+
+class _BranchOnBatchSize(bp.nn.Module):
+    """A layer only batches of 3 go through (as a last, smaller batch might take another path)."""
+
+    def __init__(self):
+        self.first = bp.nn.Linear(6, 4, dtype="float64")
+        self.extra = bp.nn.Linear(4, 4, dtype="float64")
+
+    def forward(self, x):
+        h = self.first(x)
+        return self.extra(h) if x.shape[0] == 3 else h
+
+
+def test_a_capture_recorded_before_the_optimizer_had_all_its_state_records_again(backend):
+    """Batches of 8 are captured while `extra` has no Adam state; a batch of 3 then gives it
+    some: the replays of batches of 8 were laid out for fewer state arrays (they raised at every
+    later call), and are recorded again."""
+
+    def run(capture):
+        bp.manual_seed(0)
+        model = _BranchOnBatchSize()
+        step = bp.TrainStep(model, bp.losses.cross_entropy, bp.optim.Adam(model.parameters(), lr=0.01),
+                            capture=capture)  # fmt: skip
+        be, rng, modes = bp.get_backend(), np.random.default_rng(0), []
+        for n in [8] * 5 + [3] + [8] * 6 + [3] * 4:
+            value, _ = step(be.asarray(rng.standard_normal((n, 6))), be.asarray(rng.integers(0, 4, n)))
+            modes.append(step.mode)
+        return [p.numpy() for p in model.parameters()], float(bp.to_numpy(value)), modes
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", bp.CaptureWarning)
+        captured = run(True)
+    _assert_same_training(captured, run(False), rtol=0 if BACKENDS[backend].capture != "jit" else 1e-12)
+    assert set(captured[2][6:12]) & CAPTURED_MODES and set(captured[2][12:]) & CAPTURED_MODES, captured[2]
