@@ -174,6 +174,17 @@ def copy_array(array):
     return namespace_of(array).asarray(array, copy=True)
 
 
+def put_back(original, saved):
+    """`saved` (a copy taken of `original`) as the array to hold again: `original`, its values
+    written back in place, where its library can (what shares its memory, tied weights or a
+    caller's reference, then sees them too); else `saved` itself."""
+    entry = backend_of(namespace_of(original))
+    same = original.shape == saved.shape and original.dtype == saved.dtype
+    if entry.mutable and same and entry.writable_memory(original) is not None:
+        return entry.set_at(original, ..., saved)
+    return saved
+
+
 def to_numpy(array) -> np.ndarray:
     """Copy any backend's array to a host NumPy array."""
     if isinstance(array, (np.ndarray, np.generic)):  # NumPy gives scalars for 0-d results

@@ -21,7 +21,7 @@ import numbers
 import numpy as np
 
 from backprop import changes
-from backprop.backend import copy_array, dtype_name, namespace_of, to_numpy
+from backprop.backend import copy_array, dtype_name, namespace_of, put_back, to_numpy
 from backprop.backends import backend_of
 from backprop.errors import ConfigError, a
 from backprop.tensor import Tensor, mark_written
@@ -188,14 +188,15 @@ class Optimizer:
 
     def snapshot(self):
         """Copies of the state and the step count, for `restore` (to undo steps)."""
-        return self.steps, [{name: copy_array(array) for name, array in state.items()} for state in self.state]
+        return self.steps, [{name: (array, copy_array(array)) for name, array in state.items()} for state in self.state]
 
     def restore(self, snapshot) -> None:
+        """The state and count of `snapshot`: the same arrays again, where they can be written back in place."""
         steps, states = snapshot
         self.steps = steps
         for own, saved in zip(self.state, states, strict=True):
             own.clear()
-            own.update(saved)
+            own.update({name: put_back(original, copy) for name, (original, copy) in saved.items()})
 
     def state_dict(self) -> dict:
         """Hyper-parameters, step count and per-parameter state (host NumPy arrays of their own:

@@ -78,7 +78,7 @@ import numpy as np
 from array_api_compat import device
 
 from backprop import changes
-from backprop.backend import copy_array, get_rng_state, namespace_of, set_rng_state, to_numpy
+from backprop.backend import copy_array, get_rng_state, namespace_of, put_back, set_rng_state, to_numpy
 from backprop.backends import backend_of
 from backprop.nn import structure, structure_difference
 from backprop.replay import CaptureWarning, GraphReplay, NumberTable, Returned, ScanReplay, TracedReplay
@@ -207,12 +207,15 @@ class StepFunction:
 
     def snapshot(self):
         """Copies of everything a step changes (and the host random state), for `restore`."""
-        return [copy_array(p.data) for p in self.params], self.optimizer.snapshot(), get_rng_state()
+        params = [(p.data, copy_array(p.data)) for p in self.params]
+        return params, self.optimizer.snapshot(), get_rng_state()
 
     def restore(self, snapshot) -> None:
-        """Undo the steps since `snapshot`: parameters, optimizer state and count, random state."""
+        """Undo the steps since `snapshot`: parameters (the same arrays again, where they can be
+        written back in place), optimizer state and count, random state."""
         params, optimizer, rng = snapshot
-        for p, array in zip(self.params, params, strict=True):
+        for p, (original, saved) in zip(self.params, params, strict=True):
+            array = put_back(original, saved)
             p.data, p.xp, p.grad = array, namespace_of(array), None
         self.optimizer.restore(optimizer)
         set_rng_state(rng)
@@ -516,7 +519,7 @@ class TrainStep:
         snapshot = function.snapshot()
         try:
             losses, outs = many(xs, ys)
-            together = [*function.state(), *function.grads(), losses, outs]
+            together = _copies([*function.state(), *function.grads(), losses, outs])
         except Exception as error:
             together = f"they failed as one call: {error}"
         except BaseException:  # an interrupt (while XLA compiles, say): no step happened
@@ -628,7 +631,7 @@ class TrainStep:
             results = self._eager(x, y)  # if the step itself fails, that error is the one to see
             self._give_up(f"its replay failed: {error}")
             return results
-        replayed = [*function.state(), *function.grads(), loss, out]
+        replayed = _copies([*function.state(), *function.grads(), loss, out])  # restore writes back in place
         function.restore(snapshot)
         loss, out = self._eager(x, y)
         mismatch = _first_mismatch(replayed, [*function.state(), *function.grads(), loss, out])
@@ -651,6 +654,10 @@ class TrainStep:
 
 
 _requires_grad = operator.attrgetter("requires_grad")
+
+
+def _copies(arrays: list) -> list:
+    return [None if a is None else copy_array(a) for a in arrays]
 
 
 def _same_arrays(arrays: list, others: list | None) -> bool:

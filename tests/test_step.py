@@ -891,3 +891,40 @@ def test_a_capture_recorded_before_the_optimizer_had_all_its_state_records_again
         captured = run(True)
     _assert_same_training(captured, run(False), rtol=0 if BACKENDS[backend].capture != "jit" else 1e-12)
     assert set(captured[2][6:12]) & CAPTURED_MODES and set(captured[2][12:]) & CAPTURED_MODES, captured[2]
+
+
+class _TiedAutoencoder(bp.nn.Module):
+    """The decoder's weight is the encoder's, transposed: a view of the same memory."""
+
+    def __init__(self):
+        self.enc = bp.nn.Linear(6, 3, dtype="float64")
+        self.dec = bp.nn.Parameter(self.enc.weight.data.T)
+
+    def forward(self, x):
+        return self.enc(x).tanh() @ self.dec
+
+
+def test_checking_a_replay_undoes_it_in_the_arrays_the_model_and_the_caller_hold(backend):
+    """The check of a new capture replays a step and undoes it: the values go back into the
+    parameters' own arrays, so weights tied through shared memory stay tied, and an array the
+    caller holds stays the parameter (undone by rebinding to copies, the tie came apart, the check
+    failed and training went on differing from eager steps)."""
+    if not BACKENDS[backend].mutable:
+        pytest.skip("this library's arrays share no memory that a step writes into")
+
+    def run(capture):
+        bp.manual_seed(0)
+        model = _TiedAutoencoder()
+        step = bp.TrainStep(model, bp.losses.mse_loss, bp.optim.SGD(model.parameters(), lr=0.05), capture=capture)
+        held, be, rng = model.enc.weight.data, bp.get_backend(), np.random.default_rng(0)
+        for _ in range(6):
+            x = be.asarray(rng.standard_normal((8, 6)))
+            step(x, x)
+        assert held is model.enc.weight.data and np.array_equal(model.enc.weight.numpy().T, model.dec.numpy())
+        return model.enc.weight.numpy(), step.mode
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", bp.CaptureWarning)
+        (weights, mode), (expected, _) = run(True), run(False)
+    np.testing.assert_array_equal(weights, expected)
+    assert mode in CAPTURED_MODES
