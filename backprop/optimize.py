@@ -447,7 +447,10 @@ def _buffer(call: Call, i: int, trace: Trace, fast: FastPath, buffers: _Buffers)
     if out is None or out.kind is not fast.array_type:
         return None
     for var in call.args:
-        if not isinstance(var, Var) or var not in buffers.owned or trace.specs[var] != out:
+        if not isinstance(var, Var) or var not in buffers.owned:
+            continue
+        spec = trace.specs[var]
+        if spec != out or spec.strides != out.strides:  # the result keeps the layout it was recorded with
             continue
         once = sum(arg is var for arg in call.args) == 1  # `v * v` cannot write into v
         if once and buffers.free_after(var, i):

@@ -35,7 +35,7 @@ import keyword
 import math
 import operator
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -107,15 +107,20 @@ class Call:
 @dataclass(frozen=True)
 class Spec:
     """What a trace knows of a value besides its Var: shape, dtype and type (an array class, or a
-    NumPy scalar's)."""
+    NumPy scalar's), and where the library has them, its strides (its memory layout: a result
+    written into another array takes that array's, and a later reduction adds in memory order)."""
 
     shape: tuple
     dtype: Any
     kind: type
+    strides: tuple | None = field(default=None, compare=False)
 
 
 def spec_of(value) -> Spec:
-    return Spec(tuple(value.shape), value.dtype, type(value))
+    shape, strides = tuple(value.shape), getattr(value, "strides", None)
+    if isinstance(strides, tuple):  # a size-1 axis has any stride: it steps nowhere
+        strides = tuple(0 if n == 1 else step for n, step in zip(shape, strides, strict=True))
+    return Spec(shape, value.dtype, type(value), strides if isinstance(strides, tuple) else None)
 
 
 class Trace:

@@ -307,6 +307,26 @@ def test_reuse_buffers_writes_only_into_temporaries_that_die():
     assert "    subtract(1.0, v2, out=v2)" in lines and any(" = v2 + a1" in line for line in lines), lines
 
 
+def test_reuse_buffers_writes_only_into_a_temporary_of_the_results_memory_layout():
+    """`f + c` (column-major f, row-major c) is row-major in NumPy: written into f it would be
+    column-major, and the sum after it would add in another order (other last bits)."""
+
+    def f(a, b):
+        xp = a.__array_namespace__()
+        mixed = (a * 1.5) + (b @ xp.eye(6, dtype=b.dtype))  # column-major + row-major: a new row-major array
+        alike = (a * 2.0) + (a * 3.0)  # both column-major: written into the first
+        return [xp.sum(mixed * mixed), xp.sum(alike * alike)]
+
+    rng = np.random.default_rng(0)
+    a = np.asfortranarray(rng.standard_normal((64, 6)).astype("float32") * 3)
+    lines = _optimized(f, [a, np.ascontiguousarray(a)], opt.reuse_buffers)
+    assert not any(re.match(r" +v0 \+= ", line) for line in lines) and any("+= " in line for line in lines), lines
+    program, _ = trace(f, [a, np.ascontiguousarray(a)])
+    reused = Program(opt.optimize(program.trace, BACKENDS["numpy"].fast_path()))
+    for got, want in zip(reused(a, np.ascontiguousarray(a)), program(a, np.ascontiguousarray(a)), strict=True):
+        assert got.tobytes() == want.tobytes()
+
+
 def test_reuse_buffers_updates_donated_state_in_place():
     def f(m, g):
         return [m * 0.9 + 0.1 * g]
