@@ -134,19 +134,23 @@ class TracedReplay:
                 p.grad = None
         state = function.state() if state is None else state
         if self.donated:
-            state = self.owned(state)
+            state = self.owned(state, x, y)
         return _run_and_take(self.program, layout.inputs(state, self.numbers.arrays(numbers), x, y), self._take)
 
-    def owned(self, state: list) -> list:
+    def owned(self, state: list, x, y) -> list:
         """`state`, with a copy of each donated array that the last replay (of this step, its
-        K-step `ScanReplay`s, or another sharing `returned_by`) did not return there."""
+        K-step `ScanReplay`s, or another sharing `returned_by`) did not return there, or that is
+        the batch `x` or `y` too (a layer fed its own weight: donated, the batch would be gone)."""
         start, stop = self.donated.start, self.donated.stop
         last = self.returned_by
         given, returned = state[start:stop], last.arrays if last.donated == self.donated else []
-        if len(given) == len(returned) and all(map(operator.is_, given, returned)):
+        batch = any(a is x or a is y for a in given)
+        if not batch and len(given) == len(returned) and all(map(operator.is_, given, returned)):
             return state
         returned = returned if len(returned) == len(given) else [None] * len(given)
-        copies = [a if a is r else copy_array(a) for a, r in zip(given, returned, strict=True)]
+        copies = [
+            a if a is r and a is not x and a is not y else copy_array(a) for a, r in zip(given, returned, strict=True)
+        ]
         return [*state[:start], *copies, *state[stop:]]
 
     def returned(self, state: list) -> None:
@@ -218,7 +222,7 @@ class ScanReplay:
             p.grad = None
         state = function.state() if state is None else state
         if self.donates:
-            state = replay.owned(state)
+            state = replay.owned(state, xs, ys)
         if self._zeros is None:  # the gradients the scan carries in (each step makes its own)
             xp = function.xp
             self._zeros = [

@@ -41,7 +41,8 @@ a number that changes names it in a `hyperparameters` tuple, as optimizers do: i
 joins the guard, and a change captures again. Replays do not check label ranges (that would read
 values every step): `fit` checks every label of a dataset once, before training. A step that
 reads array values in Python or draws random numbers on the host (Dropout in training mode)
-cannot be captured: TrainStep warns, says why, and runs eagerly.
+cannot be captured: TrainStep warns, says why, and runs eagerly. A batch given as Python lists
+runs eagerly (give arrays to capture it).
 
 On CuPy the arrays a replay returns (loss, outputs, gradients) are the graph's own buffers, which
 the next call overwrites, as with torch.cuda.graph: copy them to keep them. A replay updates the
@@ -51,12 +52,12 @@ not counted as a step, but may leave them part-updated. On JAX a replay donates 
 (as a `jax.jit` step with `donate_argnums` does): the parameter and optimizer-state arrays the
 last replay returned are consumed by the next one, so an array taken from a parameter between
 two replays is deleted by the second (copy it to keep it: `bp.to_numpy`); arrays that the last
-replay did not return (a load, an eager step, an array of yours) are copied first, never consumed,
-and a step that calls out of the array library (a host callback: an MPI all-reduce) donates
-nothing, since such a call can fail after XLA consumed its inputs. A call of K steps
-(`run_many`, `run_stacked`) donates in the same way, and a replay of either kind takes what the
-other returned. An interrupt that arrives once the compiled step has run leaves its results as
-the state, counted.
+replay did not return (a load, an eager step, an array of yours), or that are the batch too, are
+copied first, never consumed, and a step that calls out of the array library (a host callback:
+an MPI all-reduce) donates nothing, since such a call can fail after XLA consumed its inputs.
+A call of K steps (`run_many`, `run_stacked`) donates in the same way, and a replay of either
+kind takes what the other returned. An interrupt that arrives once the compiled step has run
+leaves its results as the state, counted.
 
 >>> import backprop as bp
 >>> bp.manual_seed(0)
@@ -392,7 +393,8 @@ class TrainStep:
 
     def __call__(self, inputs, targets):
         x, y = self._array(inputs), self._array(targets)
-        if not self.capture or not is_grad_enabled():  # under no_grad the eager step says why it cannot
+        # under no_grad the eager step says why it cannot; Python lists it converts as it takes them
+        if not self.capture or not is_grad_enabled() or not (hasattr(x, "shape") and hasattr(y, "shape")):
             return self._eager(x, y)
         state = self._checked_state()
         function = self.function
@@ -435,6 +437,8 @@ class TrainStep:
         pairs = [tuple(map(self._array, _pair(i, batch))) for i, batch in enumerate(batches)]
         if not pairs:
             raise ValueError("run_many needs at least one (inputs, targets) batch")
+        if not all(hasattr(a, "shape") for pair in pairs for a in pair):  # Python lists: as single calls take them
+            return self._one_by_one(pairs)
         first = [(a.shape, a.dtype) for a in pairs[0]]
         for i, pair in enumerate(pairs):
             if [(a.shape, a.dtype) for a in pair] != first:

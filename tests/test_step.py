@@ -928,3 +928,43 @@ def test_checking_a_replay_undoes_it_in_the_arrays_the_model_and_the_caller_hold
         (weights, mode), (expected, _) = run(True), run(False)
     np.testing.assert_array_equal(weights, expected)
     assert mode in CAPTURED_MODES
+
+
+def test_a_batch_that_is_a_parameters_own_array_is_not_donated_with_it(backend):
+    """A square layer fed its own weight: a replay that donates the state (JAX) would consume the
+    batch with it ("a buffer that was previously donated"); the batch is copied first."""
+
+    def run(capture):
+        bp.manual_seed(0)
+        model = bp.nn.Sequential(bp.nn.Linear(5, 5, dtype="float64"), bp.nn.Tanh())
+        step = bp.TrainStep(model, bp.losses.mse_loss, bp.optim.Adam(model.parameters(), lr=0.01), capture=capture)
+        y = bp.get_backend().asarray(np.linspace(-0.5, 0.5, 25).reshape(5, 5))
+        modes = []
+        for _ in range(8):
+            value, _ = step(model[0].weight.data, y)
+            modes.append(step.mode)
+        return [p.numpy() for p in model.parameters()], float(bp.to_numpy(value)), modes
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", bp.CaptureWarning)
+        captured = run(True)
+    _assert_same_training(captured, run(False), rtol=0 if BACKENDS[backend].capture != "jit" else 1e-12)
+    assert set(captured[2][4:]) & CAPTURED_MODES, captured[2]
+
+
+def test_a_batch_of_python_lists_runs_eagerly_as_without_capture():
+    """The capture key reads shapes; lists have none (it raised AttributeError): such a call runs
+    eagerly, which converts them, with or without capture and one or several steps to a call."""
+
+    def run(capture, many):
+        bp.manual_seed(0)
+        model = bp.nn.mlp([3, 4, 3], "tanh", dtype="float64")
+        step = bp.TrainStep(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), lr=0.1), capture=capture)
+        x, y = [[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]], [2, 0]
+        for _ in range(5):
+            step.run_many([(x, y), (x, y)]) if many else step(x, y)
+        return [p.numpy() for p in model.parameters()]
+
+    for many in (False, True):
+        for got, want in zip(run(True, many), run(False, many), strict=True):
+            np.testing.assert_array_equal(got, want)
