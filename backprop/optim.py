@@ -150,8 +150,9 @@ class Optimizer:
         for p, grad, state, immutable in zip(self.params, grads, self.state, self._immutable, strict=True):
             if grad is not None:
                 delta = grad if scaled else self._delta(p, grad, state, numbers_of(p))
-                if immutable:
-                    p.data = p.data - delta
+                if immutable:  # keeping p's dtype, as `-=` does (a float64 delta, from a float64 batch)
+                    new = p.data - delta
+                    p.data = new if new.dtype == p.data.dtype else p.xp.astype(new, p.data.dtype)
                 else:
                     p.data -= delta
                     written.append(p)

@@ -21,8 +21,10 @@ default), calls for one input shape go: the first runs eagerly (a warm-up: optim
 appears, labels are checked, and once the optimizer has state a second warm-up follows); the next
 records the step as the backend entry says: a CUDA graph on CuPy, a traced program
 (backprop.trace) elsewhere, compiled by XLA on JAX; the one after replays the record and checks it
-once against an eager step. From then on calls replay: no graph nodes, no module calls, and on a
-GPU no Python between kernels.
+once against an eager step: bit for bit where replays run the library's own calls (NumPy,
+PyTorch, array_api_strict), to rounding where a compiler or a device graph runs them (JAX, CuPy).
+From then on calls replay: no graph nodes, no module calls, and on a GPU no Python between
+kernels.
 
 What a capture assumes, as torch.compile and CUDA graphs do: for inputs of one shape the step
 makes the same array calls every time. The learning rate and Adam's bias corrections are passed
@@ -79,7 +81,7 @@ import numpy as np
 from array_api_compat import device
 
 from backprop import changes
-from backprop.backend import copy_array, get_rng_state, namespace_of, put_back, set_rng_state, to_numpy
+from backprop.backend import copy_array, dtype_name, get_rng_state, namespace_of, put_back, set_rng_state, to_numpy
 from backprop.backends import backend_of
 from backprop.nn import structure, structure_difference
 from backprop.replay import CaptureWarning, GraphReplay, NumberTable, Returned, ScanReplay, TracedReplay
@@ -595,6 +597,11 @@ class TrainStep:
     def _record(self, key, x, y):
         """Capture the step for `key` (this call's step happens on the way); eager if it cannot."""
         function = self.function
+        reason = _inexact_numbers(function, x, y)
+        if reason is not None:
+            results = self._eager(x, y)
+            self._give_up(reason)
+            return results
         snapshot = function.snapshot()
         entry = backend_of(function.xp)
         try:
@@ -638,7 +645,8 @@ class TrainStep:
         replayed = _copies([*function.state(), *function.grads(), loss, out])  # restore writes back in place
         function.restore(snapshot)
         loss, out = self._eager(x, y)
-        mismatch = _first_mismatch(replayed, [*function.state(), *function.grads(), loss, out])
+        exact = backend_of(function.xp).capture == "traced"  # the same calls: the same bits
+        mismatch = _first_mismatch(replayed, [*function.state(), *function.grads(), loss, out], exact)
         if mismatch is not None:
             self._give_up(f"its replay differs from the eager step ({mismatch})")
         replay.verified = True
@@ -658,6 +666,25 @@ class TrainStep:
 
 
 _requires_grad = operator.attrgetter("requires_grad")
+
+
+def _inexact_numbers(function: StepFunction, x, y) -> str | None:
+    """Why a replay, which takes the step numbers (lr, ...) as 0-d arrays of the parameters'
+    dtype, would round them otherwise than the eager step's Python floats; None where it would not."""
+    xp, dtypes = function.xp, {p.data.dtype for p in function.params}
+    entry = backend_of(xp)
+    for dtype in dtypes:
+        if not entry.exact_numbers(dtype):
+            return (f"its parameters are {dtype_name(dtype)}, where {entry.name} applies the learning rate as a "
+                    "replay's 0-d array otherwise than as the eager step's Python float")  # fmt: skip
+    if len(dtypes) != 1:
+        return None
+    (dtype,) = dtypes
+    for what, a in (("inputs", x), ("targets", y)):
+        if xp.isdtype(a.dtype, "real floating") and xp.result_type(a.dtype, dtype) != dtype:
+            return (f"its {what} are {dtype_name(a.dtype)} and its parameters {dtype_name(dtype)}: a replay "
+                    f"would round the learning rate to {dtype_name(dtype)} (cast the batch, as fit does)")  # fmt: skip
+    return None
 
 
 def _copies(arrays: list) -> list:
@@ -694,8 +721,9 @@ def _unstacked(xs, ys) -> list:
     return [(xs[k, ...], ys[k, ...]) for k in range(xs.shape[0])]
 
 
-def _first_mismatch(replayed: list, eager: list) -> str | None:
-    """A description of the first pair of arrays that differ beyond rounding, or None."""
+def _first_mismatch(replayed: list, eager: list, exact: bool = False) -> str | None:
+    """A description of the first pair of arrays that differ (`exact`: at all; else beyond
+    rounding), or None."""
     if len(replayed) != len(eager):
         return f"{len(replayed)} arrays against {len(eager)}"
     for i, (a, b) in enumerate(zip(replayed, eager, strict=True)):
@@ -704,7 +732,7 @@ def _first_mismatch(replayed: list, eager: list) -> str | None:
                 return f"array {i} is missing on one side"
             continue
         a, b = to_numpy(a), to_numpy(b)
-        rtol = 1e-9 if b.dtype == np.float64 else 1e-4
+        rtol = 0.0 if exact else 1e-9 if b.dtype == np.float64 else 1e-4
         a, b = a.astype(np.float64), b.astype(np.float64)
         if a.shape != b.shape:
             return f"array {i} of shape {a.shape} against {b.shape}"

@@ -153,8 +153,9 @@ def test_a_step_starts_backward_from_lr_only_where_that_is_the_same_step(backend
         net = model()
         step = bp.TrainStep(net, bp.losses.cross_entropy, rule(net.parameters(), lr=0.1), capture=capture,
                             keep_grads=keep_grads)  # fmt: skip
+        xp, dtype = bp.get_backend().xp, net.parameters()[0].dtype
         for x, y in _batches("cross_entropy", 8):
-            value, _ = step(x, y)
+            value, _ = step(xp.astype(x, dtype), y)  # the parameters' dtype: a float64 batch is not captured
         return [p.numpy() for p in net.parameters()], float(bp.to_numpy(value))
 
     for rule in (_TwiceSGD, _SlowerEachStep, _WarmUpSGD, _LoggingSGD):
@@ -968,3 +969,65 @@ def test_a_batch_of_python_lists_runs_eagerly_as_without_capture():
     for many in (False, True):
         for got, want in zip(run(True, many), run(False, many), strict=True):
             np.testing.assert_array_equal(got, want)
+
+
+def test_a_replay_a_last_bit_off_the_eager_step_is_caught_where_replays_make_the_same_calls(backend):
+    """A loss scaled by a number drifting by 1e-15 a call: the trace freezes it. Where a replay
+    runs the library's own calls, the check is bit for bit and sees it; under a compiler (JAX)
+    rounding is allowed, and it is not seen."""
+    calls = itertools.count()
+    drifting = lambda out, y: bp.losses.quadratic_loss(out, y) * (1.0 + 1e-15 * next(calls))  # noqa: E731
+    bp.manual_seed(3)
+    model = bp.nn.mlp([6, 5, 4], "tanh", "sigmoid", dtype="float64")
+    step = bp.TrainStep(model, drifting, bp.optim.SGD(model.parameters(), lr=0.3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", bp.CaptureWarning)
+        for x, y in _batches("quadratic", 8):
+            step(x, y)
+    seen = [str(w.message) for w in caught if "replay differs from the eager step" in str(w.message)]
+    assert len(seen) == (BACKENDS[backend].capture == "traced"), seen
+
+
+def test_a_batch_wider_than_the_parameters_runs_eagerly_and_says_why(backend):
+    """float64 batches for float32 parameters: the eager step applies lr as a Python float in
+    float64, a replay as a 0-d float32 array (lr rounded): other last bits. Not captured."""
+    if backend in ("torch", "array_api_strict"):
+        pytest.skip(f"{backend} mixes no float64 batch with float32 parameters, even eagerly")
+
+    def run(capture):
+        bp.manual_seed(0)
+        model = bp.nn.mlp([6, 5, 4], "tanh", dtype="float32")
+        step = bp.TrainStep(model, bp.losses.cross_entropy, bp.optim.SGD(model.parameters(), lr=0.1), capture=capture)
+        for x, y in _batches("cross_entropy", 6):
+            step(x, y)  # float64 inputs
+        assert all(p.numpy().dtype == np.float32 for p in model.parameters())  # as `p -= delta` keeps it
+        return [p.numpy() for p in model.parameters()], step.mode
+
+    with pytest.warns(bp.CaptureWarning, match="its inputs are float64 and its parameters float32: a replay would"):
+        (captured, mode), (eager, _) = run(True), run(False)
+    for got, want in zip(captured, eager, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert mode == "eager"
+
+
+def test_float16_parameters_on_pytorch_run_eagerly_and_say_why():
+    """PyTorch applies a Python float to a float16 tensor in float32, or not, by the kernel: no 0-d
+    array a replay could take stands for it (with one, the recorded step already differed)."""
+    if bp.backends.get_entry("torch").unavailable():
+        pytest.skip("torch is not available here")
+
+    def run(capture):
+        with bp.use_backend("torch"):
+            bp.manual_seed(0)
+            model = bp.nn.mlp([6, 8, 4], "tanh", dtype="float16")
+            step = bp.TrainStep(model, bp.losses.mse_loss, bp.optim.SGD(model.parameters(), lr=0.1), capture=capture)
+            be, rng = bp.get_backend(), np.random.default_rng(0)
+            for _ in range(6):
+                step(be.asarray(rng.standard_normal((16, 6)).astype("float16")),
+                     be.asarray(np.eye(4, dtype="float16")[rng.integers(0, 4, 16)]))  # fmt: skip
+            return [p.numpy() for p in model.parameters()]
+
+    with pytest.warns(bp.CaptureWarning, match="its parameters are float16, where torch applies the learning rate"):
+        captured = run(True)
+    for got, want in zip(captured, run(False), strict=True):
+        np.testing.assert_array_equal(got, want)
