@@ -38,7 +38,8 @@ parameter stops moving, as in an eager step).
 
 What no guard can see, as jax.jit cannot: a Python value that the loss, a hook or a module reads
 from outside the model (a global, a closure), and in-place changes to your own lists or dicts
-of modules (assign the attribute again, or use a Sequential). A loss or gradient hook that reads
+of modules or settings (assign the attribute again, or use a Sequential). A loss that is a
+`bp.nn.Module` is guarded as the model is. A loss or gradient hook that reads
 a number that changes names it in a `hyperparameters` tuple, as optimizers do: its value then
 joins the guard, and a change captures again. Replays do not check label ranges (that would read
 values every step): `fit` checks every label of a dataset once, before training. A step that
@@ -83,7 +84,7 @@ from array_api_compat import device
 from backprop import changes
 from backprop.backend import copy_array, dtype_name, get_rng_state, namespace_of, put_back, set_rng_state, to_numpy
 from backprop.backends import backend_of
-from backprop.nn import structure, structure_difference
+from backprop.nn import Module, structure, structure_difference
 from backprop.replay import CaptureWarning, GraphReplay, NumberTable, Returned, ScanReplay, TracedReplay
 from backprop.tensor import Tensor, is_grad_enabled, leaf_gradients, unscaled_nodes
 
@@ -336,6 +337,7 @@ class StepFunction:
             tuple([getattr(opt, name) for name in opt.hyperparameters]),
             opt.state_names(),
             tuple([(a.shape, a.dtype) for a in state]),
+            structure(self.loss) if isinstance(self.loss, Module) else None,  # a loss with settings
         )
 
 
@@ -698,9 +700,11 @@ def _same_arrays(arrays: list, others: list | None) -> bool:
 
 def _difference(old: tuple, new: tuple) -> str:
     """What differs between two `StepFunction.fingerprint`s, in words."""
-    model, trains, hyper, names, arrays = (a != b for a, b in zip(old, new, strict=True))
+    model, trains, hyper, names, arrays, loss = (a != b for a, b in zip(old, new, strict=True))
     if model:
         return structure_difference(old[0], new[0])
+    if loss:
+        return f"the loss: {structure_difference(old[5], new[5])}" if old[5] and new[5] else "the loss changes"
     if trains:
         return "which parameters require a gradient changes"
     if hyper:

@@ -1031,3 +1031,33 @@ def test_float16_parameters_on_pytorch_run_eagerly_and_say_why():
         captured = run(True)
     for got, want in zip(captured, run(False), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+class _WeightedCrossEntropy(bp.nn.Module):
+    def __init__(self):
+        self.weight = 1.0
+
+    def forward(self, out, y):
+        return bp.losses.cross_entropy(out, y) * self.weight
+
+
+def test_a_loss_that_is_a_module_is_guarded_as_the_model_is(backend):
+    """Its settings join the fingerprint: a replay recorded with weight 1.0 kept it after 5.0."""
+
+    def run(capture):
+        bp.manual_seed(0)
+        model, loss = bp.nn.mlp([6, 5, 4], "tanh", dtype="float64"), _WeightedCrossEntropy()
+        step = bp.TrainStep(model, loss, bp.optim.SGD(model.parameters(), lr=0.1), capture=capture)
+        modes = []
+        for i, (x, y) in enumerate(_batches("cross_entropy", 10)):
+            if i == 5:
+                loss.weight = 5.0
+            value, _ = step(x, y)
+            modes.append(step.mode)
+        return [p.numpy() for p in model.parameters()], float(bp.to_numpy(value)), modes
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", bp.CaptureWarning)
+        captured = run(True)
+    _assert_same_training(captured, run(False), rtol=0 if BACKENDS[backend].capture != "jit" else 1e-12)
+    assert set(captured[2][8:]) & CAPTURED_MODES, captured[2]
