@@ -175,9 +175,9 @@ def copy_array(array):
 
 
 def put_back(original, saved):
-    """`saved` (a copy taken of `original`) as the array to hold again: `original`, its values
-    written back in place, where its library can (what shares its memory, tied weights or a
-    caller's reference, then sees them too); else `saved` itself."""
+    """`saved` (values for `original`: a copy taken of it, a loaded state) as the array to hold:
+    `original`, with them written in place, where its library can (what shares its memory, tied
+    weights or a caller's reference, then sees them too); else `saved` itself."""
     entry = backend_of(namespace_of(original))
     same = original.shape == saved.shape and original.dtype == saved.dtype
     if entry.mutable and same and entry.writable_memory(original) is not None:

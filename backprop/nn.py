@@ -24,7 +24,7 @@ import numpy as np
 from array_api_compat import is_array_api_obj
 
 from backprop import changes, ops
-from backprop.backend import dtype_name, get_backend, host_rng, make_backend, namespace_of, to_numpy
+from backprop.backend import dtype_name, get_backend, host_rng, make_backend, namespace_of, put_back, to_numpy
 from backprop.backends import backend_of
 from backprop.errors import ConfigError, UserError, a
 from backprop.tensor import Tensor
@@ -198,9 +198,12 @@ class Module:
                 for _, p in self.named_parameters()}  # fmt: skip
 
     def apply_state(self, arrays: dict) -> None:
-        """Make the arrays that `check_state_dict` returned the parameters' values (cannot fail)."""
+        """Make the arrays that `check_state_dict` returned the parameters' values (cannot fail):
+        written into the parameters' own arrays where the library can, as PyTorch's `copy_`
+        (weights tied through shared memory stay tied, an array the caller holds stays the
+        parameter); else the parameter takes the array."""
         for _, p in self.named_parameters():
-            p.data = arrays[id(p)]
+            p.data = put_back(p.data, arrays[id(p)])
 
     def to(self, backend: str | None = None, device=None, dtype: str | None = None) -> Module:
         """Move every parameter to another backend and/or device and/or floating dtype (in place).

@@ -10,9 +10,9 @@ import operator
 import warnings
 from itertools import starmap
 
-from backprop.backend import copy_array, namespace_of
+from backprop.backend import copy_array, dtype_name, namespace_of
 from backprop.optimize import optimize
-from backprop.trace import Program, trace
+from backprop.trace import Program, _vars_in, trace
 
 
 class CaptureWarning(UserWarning):
@@ -113,6 +113,9 @@ class TracedReplay:
         layout = function.layout(len(numbers))
         inputs = layout.inputs(function.state(), numbers.arrays(numbers_now), x, y)
         program, results = trace(function.body(layout, numbers), inputs)
+        mixed = _numbers_meeting_other_dtypes(program.trace, range(layout.state, layout.state + len(numbers)))
+        if mixed is not None:  # the caller undoes the step, takes it eagerly and says why
+            raise TypeError(mixed)
         loss, out = function.take_outputs(layout, results)  # the traced call was a real step: keep it
         for p in function.params:  # real arrays again, not stand-ins
             p.xp = namespace_of(p.data)
@@ -144,7 +147,7 @@ class TracedReplay:
         start, stop = self.donated.start, self.donated.stop
         last = self.returned_by
         given, returned = state[start:stop], last.arrays if last.donated == self.donated else []
-        batch = any(a is x or a is y for a in given)
+        batch = start == 0 and any(a is x or a is y for a in given)  # only parameters can be a batch
         if not batch and len(given) == len(returned) and all(map(operator.is_, given, returned)):
             return state
         returned = returned if len(returned) == len(given) else [None] * len(given)
@@ -161,6 +164,28 @@ class TracedReplay:
     def _take(self, outputs) -> tuple:
         self.returned(outputs)  # the outputs begin with the state
         return self.function.take_outputs(self.layout, outputs)
+
+
+def _numbers_meeting_other_dtypes(record, numbers: range) -> str | None:
+    """Where the record computes a step number (a 0-d array input: lr, a bias correction), or a
+    value made of numbers alone, with an array of another dtype: the eager step's Python float
+    computes there in that array's dtype (NumPy: float64 for a float64 gradient of float32
+    parameters), a replay with the number rounded to its own. None where nothing does."""
+    derived = {record.inputs[i] for i in numbers}
+    for call in record.calls:
+        operands = list(_vars_in((call.args, call.kwargs)))
+        ours = [v for v in operands if v in derived]
+        others = [record.specs[v] for v in operands if v not in derived and v in record.specs]
+        if ours and not others:
+            derived.update(call.outputs)
+            continue
+        dtype = record.specs[ours[0]].dtype if ours else None
+        wider = next((spec.dtype for spec in others if spec.dtype != dtype), None) if ours else None
+        if wider is not None:
+            return (f"a step number (the learning rate, ...) of dtype {dtype_name(dtype)} meets arrays of "
+                    f"{dtype_name(wider)}, where the eager step's Python float computes in {dtype_name(wider)}: "
+                    "give the batch the parameters' dtype")  # fmt: skip
+    return None
 
 
 def _donated(trace, layout, donates: bool) -> range:

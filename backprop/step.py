@@ -317,13 +317,18 @@ class StepFunction:
     def key(self, x, y, stacked: bool = False) -> tuple:
         """What a capture depends on that may differ from call to call: the batch's shapes and
         dtypes, and the Python numbers that the loss and the gradient hooks name in their
-        `hyperparameters`. One capture is kept per key. `stacked`: x and y are K batches (a
-        leading axis of K), and the key is that of one of them."""
-        x_shape, y_shape = (x.shape[1:], y.shape[1:]) if stacked else (x.shape, y.shape)
+        `hyperparameters`. One capture is kept per key. Where arrays have strides (NumPy), their
+        memory layout too: an optimized program writes results into temporaries whose layout
+        follows the batch's. `stacked`: x and y are K batches (a leading axis of K), and the key
+        is that of one of them."""
+        if stacked:
+            x_shape, y_shape, layout = x.shape[1:], y.shape[1:], (_strides_of_one(x), _strides_of_one(y))
+        else:
+            x_shape, y_shape, layout = x.shape, y.shape, (getattr(x, "strides", None), getattr(y, "strides", None))
         if self._with_numbers:
             numbers = tuple([tuple([getattr(f, name) for name in f.hyperparameters]) for f in self._with_numbers])
-            return x_shape, x.dtype, y_shape, y.dtype, numbers
-        return x_shape, x.dtype, y_shape, y.dtype
+            return x_shape, x.dtype, y_shape, y.dtype, layout, numbers
+        return x_shape, x.dtype, y_shape, y.dtype, layout
 
     def fingerprint(self, state: list) -> tuple:
         """What every capture depends on besides array values, checked when backprop.changes
@@ -599,7 +604,7 @@ class TrainStep:
     def _record(self, key, x, y):
         """Capture the step for `key` (this call's step happens on the way); eager if it cannot."""
         function = self.function
-        reason = _inexact_numbers(function, x, y)
+        reason = _inexact_numbers(function)
         if reason is not None:
             results = self._eager(x, y)
             self._give_up(reason)
@@ -670,23 +675,22 @@ class TrainStep:
 _requires_grad = operator.attrgetter("requires_grad")
 
 
-def _inexact_numbers(function: StepFunction, x, y) -> str | None:
+def _inexact_numbers(function: StepFunction) -> str | None:
     """Why a replay, which takes the step numbers (lr, ...) as 0-d arrays of the parameters'
-    dtype, would round them otherwise than the eager step's Python floats; None where it would not."""
-    xp, dtypes = function.xp, {p.data.dtype for p in function.params}
-    entry = backend_of(xp)
-    for dtype in dtypes:
+    dtypes, would apply them otherwise than the eager step's Python floats in every case (where
+    it does in some, a record that mixes dtypes is refused as it is made); None where it would not."""
+    entry = backend_of(function.xp)
+    for dtype in {p.data.dtype for p in function.params}:
         if not entry.exact_numbers(dtype):
             return (f"its parameters are {dtype_name(dtype)}, where {entry.name} applies the learning rate as a "
                     "replay's 0-d array otherwise than as the eager step's Python float")  # fmt: skip
-    if len(dtypes) != 1:
-        return None
-    (dtype,) = dtypes
-    for what, a in (("inputs", x), ("targets", y)):
-        if xp.isdtype(a.dtype, "real floating") and xp.result_type(a.dtype, dtype) != dtype:
-            return (f"its {what} are {dtype_name(a.dtype)} and its parameters {dtype_name(dtype)}: a replay "
-                    f"would round the learning rate to {dtype_name(dtype)} (cast the batch, as fit does)")  # fmt: skip
     return None
+
+
+def _strides_of_one(stacked):
+    """The strides of one batch of K stacked ones (None where arrays have none)."""
+    strides = getattr(stacked, "strides", None)
+    return None if strides is None else strides[1:]
 
 
 def _copies(arrays: list) -> list:

@@ -201,6 +201,13 @@ def test_fit_takes_small_numpy_integers_as_the_numbers_they_are():
     assert (epochs, steps) == (expected_epochs, expected_steps) == (2, 16)
     for got, want in zip(weights, expected, strict=True):
         np.testing.assert_array_equal(got, want)
+    assert len(bp.data.Batches(x[:300], y[:300], batch_size=np.uint8(100))) == 3  # 300 % uint8(100) overflowed
+    groups = bp.data.Batches(x, y, batch_size=100, shuffle=False).groups(np.int8(3))  # 3 * 100 wrapped to 44
+    assert [tuple(inputs.shape) for inputs, _, _ in groups] == [(3, 100, 2), (3, 100, 2), (100, 2), (100, 2)]
+    model = bp.nn.mlp([2, 2], None, dtype="float64")
+    history = bp.fit(model, "cross_entropy", bp.optim.SGD(model.parameters(), lr=0.1), (x[:4], y[:4]),
+                     epochs=np.int8(127), batch_size=4, verbose=0)  # fmt: skip
+    assert len(history) == 127  # np.int8(127) + 1 is -128: no epoch ran
 
 
 def test_run_many_refuses_no_batches_and_batches_that_differ():
