@@ -1138,3 +1138,37 @@ def test_loading_weights_writes_them_into_the_parameters_own_arrays(backend):
     x = bp.get_backend().asarray(np.linspace(-1, 1, 48).reshape(8, 6))
     step(x, x)
     np.testing.assert_array_equal(model.enc.weight.numpy().T, model.dec.numpy())  # one array, updated twice
+
+
+class _Residual(bp.nn.Module):
+    def __init__(self):
+        self.lin = bp.nn.Linear(6, 6, dtype="float32")
+
+    def forward(self, x):
+        return x * 1.5 + self.lin(x)  # column-major x + row-major product: a row-major array in NumPy
+
+
+@pytest.mark.parametrize("orders", ["CCCCFFFFFFFF", "FFFFCCCCCCCC"])
+def test_batches_of_another_memory_layout_get_a_capture_of_their_own(orders):
+    """An optimized NumPy program writes results into temporaries whose layout follows the
+    batch's: recorded on row-major batches, it summed column-major ones in another order."""
+
+    def run(capture):
+        bp.manual_seed(0)
+        model = _Residual()
+        step = bp.TrainStep(model, bp.losses.mse_loss, bp.optim.SGD(model.parameters(), lr=0.01), capture=capture)
+        rng, losses = np.random.default_rng(0), []
+        for order in orders:
+            x = np.asarray((rng.standard_normal((512, 6)) * 3).astype("float32"), order=order)
+            y = np.asarray((rng.standard_normal((512, 6)) * 2).astype("float32"), order=order)
+            loss, _ = step(x, y)
+            losses.append(float(loss))
+        return [p.numpy() for p in model.parameters()], losses, step.mode
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", bp.CaptureWarning)
+        weights, losses, mode = run(True)
+    expected, expected_losses, _ = run(False)
+    assert losses == expected_losses and mode == "traced"
+    for got, want in zip(weights, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
