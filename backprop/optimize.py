@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import operator
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -95,7 +96,6 @@ _FRESH = frozenset(
     "sqrt square stack std subtract sum tan tanh tensordot trunc var vecdot where argmax argmin arange "
     "zeros ones full empty eye linspace zeros_like ones_like full_like empty_like".split()
 )
-_COMMUTATIVE = {operator.add, operator.mul}
 _IN_PLACE_OF = {getattr(operator, name): getattr(operator, "i" + name) for name in ("add", "sub", "mul", "truediv")}
 
 
@@ -238,17 +238,24 @@ def _key(value):
     if kind is dict:
         return (dict, *((k, _key(v)) for k, v in value.items()))
     if kind is float:
-        return (float, repr(value))  # 0.0 and -0.0 are different constants (and nan one)
+        return (float, struct.pack("<d", value))  # its bits: 0.0 and -0.0 differ, and NaN and -NaN
     if value is None or kind in (bool, int, str):
         return (kind, value)
     return (object, id(value))
+
+
+def _multiplied(trace: Trace, aliases: _Aliases) -> set:
+    """The values a matrix product takes (and those they view): merged, `x @ y.T` could become
+    `x @ x.T`, which NumPy computes with another BLAS routine (syrk, not gemm): other last bits."""
+    products = [call for call in trace.calls if call.function is operator.matmul or call.standard == "matmul"]
+    return {aliases.root(var) for call in products for var in _vars_in(call.args)}
 
 
 def eliminate_common(trace: Trace) -> Trace:
     """A pure call repeated on the same arguments (with no write in between) reuses the first
     result. Values a write or an external call may reach are left alone."""
     aliases = _Aliases(trace)
-    touched = _touched(trace, aliases)
+    touched = _touched(trace, aliases) | _multiplied(trace, aliases)
     seen, same, calls = {}, {}, []
     for call in trace.calls:
         call = _rewritten(call, same)
@@ -325,7 +332,7 @@ def scalars_as_arrays(trace: Trace, fast: FastPath) -> Trace:
 def _as_array(value, dtype, fast: FastPath, constants: dict):
     if type(value) not in (int, float):
         return value
-    key = (type(value), repr(value), dtype)  # repr: -0.0 is not 0.0
+    key = (type(value), _key(value), dtype)  # its bits: -0.0 is not 0.0, nor -NaN NaN
     if key not in constants:
         constants[key] = fast.scalar(value, dtype)
     return constants[key]
@@ -460,9 +467,7 @@ def _buffer(call: Call, i: int, trace: Trace, fast: FastPath, buffers: _Buffers)
 
 def _into(call: Call, buffer: Var, fast: FastPath) -> Call:
     """`call` writing its result into `buffer` (one of its operands)."""
-    if call.function in _IN_PLACE_OF:
-        other = call.args[1] if call.args[0] is buffer else call.args[0]
-        if call.args[0] is buffer or call.function in _COMMUTATIVE:
-            return Call(_IN_PLACE_OF[call.function], (buffer, other), {}, (buffer,))
+    if call.function in _IN_PLACE_OF and call.args[0] is buffer:  # `a + b` into b: add(a, b, out=b), not
+        return Call(_IN_PLACE_OF[call.function], call.args, {}, (buffer,))  # b += a (of two NaNs, NumPy keeps a's)
     function = fast.with_out(call.function)
     return Call(function, call.args, {**call.kwargs, "out": buffer}, (buffer,), function.__name__)
