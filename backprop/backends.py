@@ -384,8 +384,10 @@ class TorchBackend(BackendEntry):
         shape[axis] = size
         return grad.new_zeros(shape).index_add_(axis, indices, grad)
 
-    def exact_numbers(self, dtype) -> bool:  # a Python float meets a half tensor in float32, or not, by
-        import torch  # the kernel (a 0-d float32 tensor agreed at 1000 elements, not at 48)
+    def exact_numbers(self, dtype) -> bool:
+        # a Python float meets a half tensor in float32, or not, by the kernel: no 0-d tensor stands
+        # for it (a float32 one agreed at 1000 elements, not at 48; a float16 one rounds it first)
+        import torch
 
         return dtype not in (torch.float16, torch.bfloat16)
 

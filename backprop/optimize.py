@@ -467,7 +467,8 @@ def _buffer(call: Call, i: int, trace: Trace, fast: FastPath, buffers: _Buffers)
 
 def _into(call: Call, buffer: Var, fast: FastPath) -> Call:
     """`call` writing its result into `buffer` (one of its operands)."""
-    if call.function in _IN_PLACE_OF and call.args[0] is buffer:  # `a + b` into b: add(a, b, out=b), not
-        return Call(_IN_PLACE_OF[call.function], call.args, {}, (buffer,))  # b += a (of two NaNs, NumPy keeps a's)
+    # `a + b` into b stays add(a, b, out=b), not `b += a`: of two NaNs, NumPy keeps the first one's sign
+    if call.function in _IN_PLACE_OF and call.args[0] is buffer:
+        return Call(_IN_PLACE_OF[call.function], call.args, {}, (buffer,))
     function = fast.with_out(call.function)
     return Call(function, call.args, {**call.kwargs, "out": buffer}, (buffer,), function.__name__)

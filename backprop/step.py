@@ -652,8 +652,9 @@ class TrainStep:
         replayed = _copies([*function.state(), *function.grads(), loss, out])  # restore writes back in place
         function.restore(snapshot)
         loss, out = self._eager(x, y)
-        entry = backend_of(function.xp)  # the same calls on the host: the same bits (a GPU's atomic adds
-        exact = entry.capture == "traced" and entry.readable(loss)  # and library choices may differ)
+        # the same calls on the host give the same bits; a GPU's atomic adds and library choices may not
+        entry = backend_of(function.xp)
+        exact = entry.capture == "traced" and entry.readable(loss)
         mismatch = _first_mismatch(replayed, [*function.state(), *function.grads(), loss, out], exact)
         if mismatch is not None:
             self._give_up(f"its replay differs from the eager step ({mismatch})")
