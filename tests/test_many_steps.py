@@ -161,7 +161,7 @@ def test_fit_with_steps_per_execution_trains_as_one_step_per_call(backend, per_c
 
     def run(k):
         bp.manual_seed(0)
-        model = bp.nn.mlp([2, 16, 2], "tanh", dtype="float32")  # float32: a sum in other runs rounds otherwise
+        model = bp.nn.mlp([2, 16, 2], "tanh", dtype="float32")  # float32: a sum split elsewhere rounds otherwise
         opt = bp.optim.Adam(model.parameters(), lr=0.01)
         history = bp.fit(model, "cross_entropy", opt, (x, y), epochs=2, batch_size=3, verbose=0, capture=True,
                          steps_per_execution=k)  # fmt: skip
