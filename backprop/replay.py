@@ -110,6 +110,12 @@ class TracedReplay:
         which the step replaces, may then be updated in place)."""
         numbers_now = function.optimizer.start_step()
         numbers = NumberTable(numbers_now, function.params, function.xp)
+        inexact = [dtype for dtype in numbers.dtypes if not entry.exact_numbers(dtype)]
+        if inexact:  # the caller takes the step eagerly and says why
+            raise TypeError(
+                f"its parameters are {dtype_name(inexact[0])}, where {entry.name} applies the learning rate as a "
+                "replay's 0-d array otherwise than as the eager step's Python float"
+            )
         layout = function.layout(len(numbers))
         inputs = layout.inputs(function.state(), numbers.arrays(numbers_now), x, y)
         program, results = trace(function.body(layout, numbers), inputs)

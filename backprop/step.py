@@ -82,7 +82,7 @@ import numpy as np
 from array_api_compat import device
 
 from backprop import changes
-from backprop.backend import copy_array, dtype_name, get_rng_state, namespace_of, put_back, set_rng_state, to_numpy
+from backprop.backend import copy_array, get_rng_state, namespace_of, put_back, set_rng_state, to_numpy
 from backprop.backends import backend_of
 from backprop.nn import Module, structure, structure_difference
 from backprop.replay import CaptureWarning, GraphReplay, NumberTable, Returned, ScanReplay, TracedReplay
@@ -604,11 +604,6 @@ class TrainStep:
     def _record(self, key, x, y):
         """Capture the step for `key` (this call's step happens on the way); eager if it cannot."""
         function = self.function
-        reason = _inexact_numbers(function)
-        if reason is not None:
-            results = self._eager(x, y)
-            self._give_up(reason)
-            return results
         snapshot = function.snapshot()
         entry = backend_of(function.xp)
         try:
@@ -675,18 +670,6 @@ class TrainStep:
 
 
 _requires_grad = operator.attrgetter("requires_grad")
-
-
-def _inexact_numbers(function: StepFunction) -> str | None:
-    """Why a replay, which takes the step numbers (lr, ...) as 0-d arrays of the parameters'
-    dtypes, would apply them otherwise than the eager step's Python floats in every case (where
-    it does in some, a record that mixes dtypes is refused as it is made); None where it would not."""
-    entry = backend_of(function.xp)
-    for dtype in {p.data.dtype for p in function.params}:
-        if not entry.exact_numbers(dtype):
-            return (f"its parameters are {dtype_name(dtype)}, where {entry.name} applies the learning rate as a "
-                    "replay's 0-d array otherwise than as the eager step's Python float")  # fmt: skip
-    return None
 
 
 def _strides_of_one(stacked):
